@@ -1,0 +1,83 @@
+"""The ``memory-agent`` command line: one entry point, subcommands.
+
+This package is the composition root: it is the only place allowed to import
+``eval`` and ``training`` next to the library, and nothing imports it. Each
+command group lives in its own module and is imported lazily, so
+``memory-agent --help`` stays fast and a broken optional extra cannot break
+unrelated commands.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from memory_agent.errors import MemoryAgentError
+
+__all__ = ["main", "cli"]
+
+# command name -> "module:attribute" of a click command or group.
+COMMANDS: dict[str, str] = {
+    "setup": "memory_agent.cli.memory_cmds:setup",
+    "demo": "memory_agent.cli.memory_cmds:demo",
+    "add": "memory_agent.cli.memory_cmds:add",
+    "ask": "memory_agent.cli.memory_cmds:ask",
+    "search": "memory_agent.cli.memory_cmds:search",
+    "history": "memory_agent.cli.memory_cmds:history",
+    "chat": "memory_agent.cli.memory_cmds:chat",
+    "info": "memory_agent.cli.memory_cmds:info",
+    "bench": "memory_agent.cli.bench_cmds:bench",
+    "eval": "memory_agent.cli.eval_cmds:eval_group",
+    "train": "memory_agent.cli.train_cmds:train",
+    "rlm": "memory_agent.cli.rlm_cmds:rlm",
+}
+
+
+class LazyGroup(click.Group):
+    """A group whose subcommands are imported only when used."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        target = COMMANDS.get(name)
+        if target is None:
+            return None
+        module_name, attr = target.split(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name == module_name:  # the command is not built yet
+                return None
+            raise
+        return getattr(module, attr)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="memory-agent")
+def cli() -> None:
+    """Long-lived memory for LLM assistants (Memory-R1 style)."""
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry: project errors become one line and exit code 1."""
+    try:
+        code = cli.main(args=argv, prog_name="memory-agent", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except MemoryAgentError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        click.echo("Interrupted.", err=True)
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)

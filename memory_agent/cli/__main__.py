@@ -1,0 +1,3 @@
+from memory_agent.cli import main
+
+main()
