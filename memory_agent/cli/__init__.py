@@ -38,11 +38,13 @@ COMMANDS: dict[str, str] = {
 class LazyGroup(click.Group):
     """A group whose subcommands are imported only when used."""
 
+    commands_map: dict[str, str] = COMMANDS
+
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(COMMANDS)
+        return sorted(self.commands_map)
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        target = COMMANDS.get(name)
+        target = self.commands_map.get(name)
         if target is None:
             return None
         module_name, attr = target.split(":")
