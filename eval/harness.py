@@ -1,0 +1,322 @@
+"""``memory-agent eval``: ingest, answer, score and report, resumably.
+
+Layout of a run folder (one method with one set of models)::
+
+    run.json                the run's identity (method, models, embedder, data)
+    stores/<sample_id>/     the method's memory of that conversation
+    stores/<sample_id>.ingested.json   marker + ingest counts, written last
+    predictions.jsonl       one row per answered question, appended as we go
+    summary.json, details.json, report.md, by_category.png
+
+Why resumable: a LoCoMo conversation takes a small CPU model a long time to
+ingest. A conversation whose marker exists is never ingested again (a store
+without a marker is a torn ingest and is rebuilt), and a question whose row is
+in ``predictions.jsonl`` is never asked again. With several methods each gets
+``OUT/<method>/`` and a comparison is written to ``OUT``.
+
+Adversarial questions (category 5) are not asked, as in Mem0 and Memory-R1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from data.jsonl import load_jsonl
+from data.locomo import SPLITS, default_root, load_locomo, load_split
+from data.schema import Conversation, DatasetError
+from data.synthetic import generate
+from eval import metrics
+from eval.methods import IngestStats, MethodConfig, Prediction, make_method
+from eval.report import details, read_rows, summarize, write_compare, write_report
+from memory_agent.errors import ConfigError
+from memory_agent.llms import resolve_llm
+from memory_agent.memory import resolve_embedder
+
+__all__ = ["EvalConfig", "load_conversations", "make_embedder", "run_eval", "run_method", "score_row"]
+
+#: Fields of run.json that must match for a rerun to reuse a run folder.
+IDENTITY = ("method", "model", "manager_model", "answer_model", "embedder", "data", "split")
+
+
+@dataclass
+class EvalConfig:
+    """Everything ``memory-agent eval`` takes. Model fields are specs or LLM objects."""
+
+    out: Path
+    methods: Sequence[str] = ("memory-r1",)
+    data: str | None = None
+    split: str | None = None
+    limit_questions: int | None = None
+    model: Any = "default"
+    manager_model: Any = None
+    answer_model: Any = None
+    judge: Any = None
+    embedder: Any = "default"
+    f1: str = "mem0"
+    top_k: int = 60
+    answer_batch: int = 8  # questions per model call; latencies are per question, amortised
+    context_window: int | None = None
+    progress: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _name(spec: Any) -> str | None:
+    """A printable name for a model spec or object."""
+    if spec is None or isinstance(spec, str):
+        return spec
+    return str(getattr(spec, "name", None) or type(spec).__name__)
+
+
+def load_conversations(data: str | None, split: str | None) -> list[Conversation]:
+    """``--data``/``--split`` -> conversations.
+
+    ``data`` is a LoCoMo folder or file, a ``.jsonl`` file of :mod:`data.jsonl`,
+    or ``synthetic:N[:SEED]`` (N generated conversations). Default: the shared
+    LoCoMo folder, split ``dev``.
+    """
+    if data and data.startswith("synthetic"):
+        parts = data.split(":")
+        try:
+            n = int(parts[1]) if len(parts) > 1 else 1
+            seed = int(parts[2]) if len(parts) > 2 else 0
+        except ValueError:
+            raise DatasetError(data, "expected synthetic:N or synthetic:N:SEED") from None
+        return [generate(seed * 1000 + i) for i in range(n)]
+    path = Path(data) if data else default_root()
+    if path.suffix == ".jsonl":
+        if split:
+            raise DatasetError(path, "--split applies to LoCoMo data, not to a JSONL file")
+        return load_jsonl(path)
+    if path.is_file() and split is None:
+        return load_locomo(path)
+    return load_split(split or "dev", path)
+
+
+def make_embedder(spec: Any) -> Any:
+    """``default`` (MiniLM), ``hashing`` (no model: tests and smoke runs) or an embedder object."""
+    return resolve_embedder(spec)
+
+
+def score_row(pred: str, gold: str, category: int) -> dict[str, float]:
+    """Every metric of one answer (both F1 kinds, so a summary can switch later)."""
+    return {
+        "f1_mem0": metrics.token_f1(pred, gold),
+        "f1_locomo": metrics.locomo_f1(pred, gold, category),
+        "bleu1": metrics.bleu1(pred, gold),
+        "em": metrics.exact_match(pred, gold),
+    }
+
+
+def _check_identity(run_dir: Path, identity: dict[str, Any], settings: dict[str, Any]) -> None:
+    """Refuse a folder that holds another run; record this run's identity and settings."""
+    path = run_dir / "run.json"
+    if path.is_file():
+        old = json.loads(path.read_text(encoding="utf-8"))
+        diff = {k: (old.get(k), identity[k]) for k in IDENTITY if old.get(k) != identity[k]}
+        if diff:
+            raise ConfigError(
+                f"{run_dir} holds another run ({', '.join(f'{k}: {a!r} != {b!r}' for k, (a, b) in diff.items())}); "
+                "use another --out"
+            )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({**identity, **settings}, indent=2) + "\n", encoding="utf-8")
+
+
+def _rewrite(path: Path, rows: list[dict[str, Any]]) -> None:
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _judge_rows(rows: list[dict[str, Any]], judge_llm: Any, judge_name: str, batch: int = 16) -> int:
+    """Label rows that lack a label from this judge; returns how many were judged."""
+    todo = [r for r in rows if r.get("judge_model") != judge_name]
+    for i in range(0, len(todo), batch):
+        chunk = todo[i : i + batch]
+        labels = metrics.judge_many([(r["question"], r["gold"], r["prediction"]) for r in chunk], judge_llm)
+        for row, label in zip(chunk, labels):
+            row["judge"], row["judge_invalid"], row["judge_model"] = label, label is None, judge_name
+    return len(todo)
+
+
+def _ingest_summary(markers: list[IngestStats]) -> dict[str, Any]:
+    ops: Counter[str] = Counter()
+    skipped: Counter[str] = Counter()
+    for m in markers:
+        ops.update(m.ops)
+        skipped.update(m.skipped)
+    return {
+        "conversations": len(markers),
+        "turns": sum(m.turns for m in markers),
+        "facts": sum(m.facts for m in markers),
+        "ops": dict(sorted(ops.items())),
+        "invalid_outputs": sum(m.invalid_outputs for m in markers),
+        "skipped_by_stage": dict(sorted(skipped.items())),
+        "seconds": round(sum(m.seconds for m in markers), 3),
+    }
+
+
+def _row(conv: Conversation, qid: int, pred: Prediction) -> dict[str, Any]:
+    """One line of predictions.jsonl."""
+    qa = conv.qa[qid]
+    return {
+        "sample_id": conv.sample_id,
+        "qid": qid,
+        "question": qa.question,
+        "gold": qa.answer,
+        "prediction": pred.text,
+        "category": qa.category,
+        "category_name": qa.category_name,
+        "tags": list(qa.tags),
+        "evidence": list(qa.evidence),
+        "valid": pred.valid,
+        "retrieved_ids": pred.retrieved,
+        "search_ms": None if pred.search_ms is None else round(pred.search_ms, 2),
+        "answer_ms": None if pred.answer_ms is None else round(pred.answer_ms, 2),
+        "context_tokens": pred.context_tokens,
+        "raw": pred.raw,
+        **score_row(pred.text, qa.answer, qa.category),
+    }
+
+
+def run_method(
+    method_name: str,
+    conversations: Sequence[Conversation],
+    run_dir: Path,
+    config: EvalConfig,
+    method_config: MethodConfig,
+    judge_llm: Any = None,
+) -> dict[str, Any]:
+    """Evaluate one method into ``run_dir``; returns the summary."""
+    run_dir = Path(run_dir)
+    identity = {
+        "method": method_name,
+        "model": _name(config.model),
+        "manager_model": _name(config.manager_model),
+        "answer_model": _name(config.answer_model),
+        "embedder": _name(config.embedder),
+        "data": str(config.data) if config.data else str(default_root()),
+        "split": config.split,
+    }
+    settings = {"f1": config.f1, "answer_batch": config.answer_batch, "top_k": config.top_k,
+                "context_window": config.context_window, "judge": _name(config.judge),
+                "limit_questions": config.limit_questions}
+    _check_identity(run_dir, identity, settings)
+    pred_path = run_dir / "predictions.jsonl"
+    rows = read_rows(pred_path)
+    if pred_path.is_file() and len(rows) != sum(1 for ln in pred_path.read_text(encoding="utf-8").splitlines() if ln):
+        _rewrite(pred_path, rows)  # drop a line torn by an interruption before appending after it
+    done = {(r["sample_id"], r["qid"]) for r in rows}
+
+    # The questions of this run, in order, after --limit-questions (a total).
+    selected: list[tuple[Conversation, int]] = []
+    for conv in conversations:
+        for qid, qa in enumerate(conv.qa):
+            if not qa.is_adversarial:
+                selected.append((conv, qid))
+    if config.limit_questions is not None:
+        selected = selected[: config.limit_questions]
+    wanted = {(c.sample_id, q) for c, q in selected}
+
+    method = make_method(method_name, method_config)
+    stores = run_dir / "stores"
+    stores.mkdir(exist_ok=True)
+    markers: dict[str, IngestStats] = {}
+    judge_name = _name(config.judge)
+    pending = [(c, q) for c, q in selected if (c.sample_id, q) not in done]
+    bar = tqdm(total=len(pending), desc=f"{method_name}: questions", unit="q", file=sys.stderr,
+               disable=not config.progress, dynamic_ncols=True)
+    try:
+        with pred_path.open("a", encoding="utf-8") as out:
+            for conv in conversations:
+                todo = [q for c, q in pending if c.sample_id == conv.sample_id]
+                marker = stores / f"{conv.sample_id}.ingested.json"
+                store_dir = stores / conv.sample_id
+                if not todo:
+                    if marker.is_file():
+                        markers[conv.sample_id] = IngestStats.from_dict(json.loads(marker.read_text()))
+                    continue
+                if marker.is_file():
+                    stats = IngestStats.from_dict(json.loads(marker.read_text()))
+                    method.load(conv, store_dir)
+                else:
+                    if store_dir.exists():  # a torn ingest: its memory is incomplete
+                        shutil.rmtree(store_dir)
+                    with tqdm(total=conv.n_turns, desc=f"{method_name}: ingest {conv.sample_id}", unit="turn",
+                              file=sys.stderr, disable=not config.progress, leave=False) as ibar:
+                        stats = method.ingest(conv, store_dir, progress=ibar.update)
+                    marker.write_text(json.dumps(stats.to_dict(), indent=2) + "\n", encoding="utf-8")
+                markers[conv.sample_id] = stats
+                for start in range(0, len(todo), config.answer_batch):
+                    qids = todo[start : start + config.answer_batch]
+                    preds = method.answer_many([conv.qa[q].question for q in qids])
+                    batch = [_row(conv, qid, pred) for qid, pred in zip(qids, preds)]
+                    if judge_llm is not None:
+                        _judge_rows(batch, judge_llm, judge_name)
+                    for row in batch:
+                        out.write(json.dumps(row, ensure_ascii=False) + "\n")
+                    rows.extend(batch)
+                    out.flush()  # a batch is never lost to a later interruption
+                    bar.update(len(qids))
+    finally:
+        bar.close()
+        method.close()
+
+    rows = [r for r in rows if (r["sample_id"], r["qid"]) in wanted]
+    if judge_llm is not None and _judge_rows(rows, judge_llm, judge_name):
+        # labels added to rows answered by an earlier, unjudged run
+        kept = {(r["sample_id"], r["qid"]): r for r in rows}
+        _rewrite(pred_path, [kept.get((r["sample_id"], r["qid"]), r) for r in read_rows(pred_path)])
+    order = {key: i for i, key in enumerate((c.sample_id, q) for c, q in selected)}
+    rows.sort(key=lambda r: order[(r["sample_id"], r["qid"])])
+    summary = summarize(rows, method=method_name, model=identity["model"], f1_kind=config.f1,
+                        ingest=_ingest_summary([markers[s] for s in sorted(markers)]))
+    write_report(run_dir, summary, details(rows, config.f1))
+    return summary
+
+
+def run_eval(config: EvalConfig, conversations: Sequence[Conversation] | None = None) -> list[dict[str, Any]]:
+    """Evaluate every method of ``config``; returns their summaries (and writes the files)."""
+    if config.f1 not in metrics.F1_KINDS:
+        raise ConfigError(f"unknown F1 kind {config.f1!r}; choose from {', '.join(metrics.F1_KINDS)}")
+    if config.split is not None and config.split not in SPLITS:
+        raise ConfigError(f"unknown split {config.split!r}; choose from {', '.join(SPLITS)}")
+    if not config.methods:
+        raise ConfigError("no --method given")
+    if conversations is None:
+        conversations = load_conversations(config.data, config.split)
+    if not conversations:
+        raise DatasetError(config.data or default_root(), "no conversations selected")
+    llm = resolve_llm(config.model)
+    method_config = MethodConfig(
+        llm=llm,
+        embedder=make_embedder(config.embedder),
+        manager_llm=resolve_llm(config.manager_model) if config.manager_model is not None else None,
+        answer_llm=resolve_llm(config.answer_model) if config.answer_model is not None else None,
+        top_k=config.top_k,
+        context_window=config.context_window,
+    )
+    judge_llm = resolve_llm(config.judge) if config.judge is not None else None
+    out = Path(config.out)
+    summaries, run_dirs = [], []
+    for name in dict.fromkeys(config.methods):  # each method once, in the order given
+        run_dir = out if len(set(config.methods)) == 1 else out / name
+        started = time.perf_counter()
+        summaries.append(run_method(name, conversations, run_dir, config, method_config, judge_llm))
+        run_dirs.append(run_dir)
+        if config.progress:
+            print(f"{name}: done in {time.perf_counter() - started:.1f}s -> {run_dir}", file=sys.stderr)
+    if len(run_dirs) > 1:
+        write_compare(run_dirs, out, f1_kind=config.f1)
+    return summaries

@@ -1,0 +1,474 @@
+"""The compared methods: one memory strategy each, all answering with the same LLM.
+
+* ``memory-r1``: the full pipeline (extraction -> Memory Manager -> Answer Agent)
+  through :class:`memory_agent.memory.Memory`.
+* ``add-all``: the same extraction, but every fact is ADDed (no manager, so no
+  UPDATE or DELETE); answers with the same Answer Agent. The ablation that
+  shows what memory management buys.
+* ``rag``: no extraction; every raw turn (``"speaker: text"``, dated with its
+  session's time) is embedded into a :class:`~memory_store.MemoryStore` and the
+  same Answer Agent retrieves the top-k turns (k = 60, as for memories).
+* ``full-context``: the whole conversation in the prompt, cut from the OLDEST end
+  to fit the model's window (counted with the tokenizer when there is one, else
+  characters / 4).
+* ``rlm``: the Memory-R1 memory, answered by the recursive retriever
+  (``Memory.answer(strategy="rlm")``).
+
+A method handles one conversation at a time: :meth:`Method.ingest` builds its
+memory in a folder (the harness caches it), :meth:`Method.load` reopens it,
+:meth:`Method.answer_many` answers a batch of questions (one model call: batching
+is what makes a CPU fast enough). ``METHODS`` maps CLI names to classes.
+The user id of a conversation is its ``sample_id``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+from data.schema import Conversation, Session, Turn
+from memory_agent.answer import ANSWER_MAX_NEW_TOKENS, AnswerAgent, parse_answer
+from memory_agent.errors import ConfigError
+from memory_agent.memory import Memory
+from memory_agent.prompts import answer_messages
+
+__all__ = [
+    "MethodConfig",
+    "Prediction",
+    "IngestStats",
+    "Method",
+    "MemoryR1Method",
+    "AddAllMethod",
+    "RagMethod",
+    "FullContextMethod",
+    "RLMMethod",
+    "METHODS",
+    "make_method",
+    "turn_line",
+    "count_tokens",
+    "context_window",
+]
+
+Progress = Callable[[int], None]
+
+
+@dataclass
+class MethodConfig:
+    """What every method is built from. ``llm`` is the default for every role."""
+
+    llm: Any
+    embedder: Any
+    manager_llm: Any = None
+    answer_llm: Any = None
+    top_k: int = 60  # rag: turns retrieved per question (the Answer Agent's k)
+    context_window: int | None = None  # full-context: tokens; None = the model's own
+
+    @property
+    def answerer(self) -> Any:
+        return self.answer_llm if self.answer_llm is not None else self.llm
+
+
+@dataclass
+class Prediction:
+    """One answer plus what it cost. ``retrieved`` are memory ids or dialogue ids."""
+
+    text: str
+    valid: bool = True
+    raw: str = ""
+    retrieved: list[Any] = field(default_factory=list)
+    memories: list[str] = field(default_factory=list)
+    search_ms: float | None = None
+    answer_ms: float | None = None
+    context_tokens: int | None = None
+
+
+@dataclass
+class IngestStats:
+    """What building one conversation's memory did (saved as the ingest marker)."""
+
+    sample_id: str
+    turns: int = 0
+    facts: int = 0
+    ops: dict[str, int] = field(default_factory=dict)
+    skipped: dict[str, int] = field(default_factory=dict)  # turns skipped per stage (invalid model output)
+    invalid_outputs: int = 0
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> IngestStats:
+        return cls(**d)
+
+
+class Method(Protocol):
+    name: ClassVar[str]
+
+    def ingest(self, conversation: Conversation, store_dir: Path, *, progress: Progress | None = None) -> IngestStats: ...
+    def load(self, conversation: Conversation, store_dir: Path) -> None: ...
+    def answer_many(self, questions: Sequence[str]) -> list[Prediction]: ...
+    def answer(self, question: str) -> Prediction: ...
+    def close(self) -> None: ...
+
+
+class _Base:
+    """``answer`` for one question, on top of each method's batched ``answer_many``."""
+
+    def answer_many(self, questions: Sequence[str]) -> list[Prediction]:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def answer(self, question: str) -> Prediction:
+        return self.answer_many([question])[0]
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def turn_line(session: Session, turn: Turn) -> str:
+    """``"[1:56 pm on 8 May, 2023] Caroline: text"``; a shared image becomes its caption."""
+    text = f"[{session.date_time}] {turn.speaker}: {turn.text.strip()}"
+    if turn.blip_caption:
+        text += f" [shares a photo of {turn.blip_caption.strip()}]"
+    return text
+
+
+def count_tokens(llm: Any, messages: list[dict[str, str]]) -> int:
+    """Prompt tokens with the model's tokenizer when it has one, else characters / 4."""
+    counter = getattr(llm, "count_tokens", None)
+    if callable(counter):
+        return int(counter(messages))
+    return sum(len(m["content"]) for m in messages) // 4
+
+
+def context_window(llm: Any, default: int = 8192) -> int:
+    """The model's context length in tokens (config, then tokenizer), else ``default``."""
+    config = getattr(getattr(llm, "model", None), "config", None)
+    n = getattr(config, "max_position_embeddings", None)
+    if isinstance(n, int) and n > 0:
+        return n
+    n = getattr(getattr(llm, "tokenizer", None), "model_max_length", None)
+    if isinstance(n, int) and 0 < n < 10_000_000:
+        return n
+    return default
+
+
+def _ask_many(llm: Any, prompts: list[tuple[list[dict[str, str]], int]]) -> tuple[list[tuple[str, str, bool]], float]:
+    """One batched Answer Agent call over ``(messages, n_shown)`` pairs.
+
+    Returns ``(answer, raw, valid)`` per prompt, parsed by the pipeline's own
+    rule, and the call's time in ms divided by the batch size (amortised: a
+    batch is what makes a CPU fast enough).
+    """
+    start = time.perf_counter()
+    raws = llm.generate([m for m, _ in prompts], max_new_tokens=ANSWER_MAX_NEW_TOKENS, temperature=0.0)
+    ms = (time.perf_counter() - start) * 1000 / max(1, len(prompts))
+    out = []
+    for raw, (_, n_shown) in zip(raws, prompts):
+        text, _, valid = parse_answer(raw, n_shown)
+        out.append((text, raw, valid))
+    return out, ms
+
+
+def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    start = time.perf_counter()
+    value = fn()
+    return value, (time.perf_counter() - start) * 1000
+
+
+def _turn_dicts(session: Session) -> list[dict[str, Any]]:
+    return [
+        {"speaker": t.speaker, "text": t.text, "dia_id": t.dia_id, "blip_caption": t.blip_caption}
+        for t in session.turns
+        if t.text.strip()  # the pipeline refuses empty turns; there is nothing in them to remember
+    ]
+
+
+def _count_result(stats: IngestStats, result: Any) -> None:
+    """Fold one ``AddResult`` (or an add-all result) into ``stats``."""
+    counts = result.counts()
+    ops = Counter(stats.ops)
+    for key in ("add", "update", "delete", "noop"):
+        ops[key.upper()] += counts.get(key, 0)
+    stats.ops = dict(ops)
+    skipped = Counter(stats.skipped)
+    for key, value in counts.items():
+        if key.startswith("skipped_"):
+            skipped[key.removeprefix("skipped_")] += value
+    stats.skipped = dict(skipped)
+    stats.invalid_outputs = sum(stats.skipped.values())
+    stats.facts += counts.get("facts", 0)
+
+
+# ------------------------------------------------------------------ methods
+
+
+class MemoryR1Method(_Base):
+    """The full pipeline through :class:`memory_agent.memory.Memory`."""
+
+    name: ClassVar[str] = "memory-r1"
+    strategy: ClassVar[str] = "memory"
+
+    def __init__(self, config: MethodConfig):
+        self.config = config
+        self.mem: Any = None
+        self.user_id = ""
+
+    def _open(self, store_dir: Path) -> Any:
+        c = self.config
+        return Memory.open(store_dir, llm=c.llm, embedder=c.embedder,
+                                  manager_llm=c.manager_llm, answer_llm=c.answer_llm)
+
+    def _add(self, session: Session) -> Any:
+        return self.mem.add(_turn_dicts(session), user_id=self.user_id, timestamp=session.timestamp)
+
+    def ingest(self, conversation: Conversation, store_dir: Path, *, progress: Progress | None = None) -> IngestStats:
+        # One call per session, in order, as the conversation happened: the Memory
+        # Manager sees what earlier sessions stored. (Feeding many sessions in one
+        # call would decide them all against one snapshot of the store; on a fresh
+        # store that means plain ADDs, i.e. add-all.)
+        self.load(conversation, store_dir)
+        stats = IngestStats(conversation.sample_id)
+        start = time.perf_counter()
+        for session in conversation.sessions:
+            _count_result(stats, self._add(session))
+            stats.turns += len(session.turns)
+            if progress:
+                progress(len(session.turns))
+        stats.seconds = round(time.perf_counter() - start, 3)
+        return stats
+
+    def load(self, conversation: Conversation, store_dir: Path) -> None:
+        self.close()
+        self.mem, self.user_id = self._open(store_dir), conversation.sample_id
+
+    def _answers(self, questions: Sequence[str]) -> tuple[list[Any], list[float]]:
+        """The facade's answers and the ms per question (amortised over a batched call)."""
+        if self.strategy == "memory":
+            answers, ms = _timed(lambda: self.mem.answer_many(list(questions), self.user_id))
+            return answers, [ms / max(1, len(questions))] * len(questions)
+        timed = [_timed(lambda q=q: self.mem.answer(q, self.user_id, strategy=self.strategy)) for q in questions]
+        return [a for a, _ in timed], [t for _, t in timed]  # the recursive retriever: one at a time
+
+    def answer_many(self, questions: Sequence[str]) -> list[Prediction]:
+        # Retrieval alone, timed on its own (the facade does not report it); the
+        # answer time is end to end, retrieval included, as in Mem0's tables.
+        search_ms = [_timed(lambda q=q: self.mem.search(q, self.user_id, k=self.mem.answer_k))[1] for q in questions]
+        answers, answer_ms = self._answers(questions)
+        out = []
+        for question, ans, s_ms, a_ms in zip(questions, answers, search_ms, answer_ms):
+            shown = list(ans.retrieved or [])  # everything the model was shown
+            # The Answer Agent's prompt rebuilt from what it was shown (dated as it dates
+            # them), so context_tokens means the same for every method: the whole prompt.
+            dated = [(str(getattr(m, "updated_at", "") or getattr(m, "created_at", ""))[:10], str(m.text))
+                     for m in shown]
+            out.append(Prediction(
+                text=str(ans.text),
+                valid=bool(ans.valid),
+                raw=str(ans.raw),
+                retrieved=[getattr(m, "id", None) for m in shown],
+                memories=[str(m.text) for m in (ans.memories or [])],
+                search_ms=s_ms,
+                answer_ms=a_ms,
+                context_tokens=count_tokens(self.mem.answer_llm, answer_messages(question, dated)),
+            ))
+        return out
+
+    def close(self) -> None:
+        if self.mem is not None:
+            self.mem.close()
+            self.mem = None
+
+
+class AddAllMethod(MemoryR1Method):
+    """The pipeline's extraction, then every fact ADDed: no Memory Manager.
+
+    ``Memory`` has no switch for this, so it is built here from the pipeline's
+    own parts: :func:`memory_agent.extraction.extract_facts` with the memory's
+    extraction model, then ``store.add_many`` with the metadata the Memory
+    Manager writes (speaker, source turn), so the Answer Agent retrieves and
+    prompts exactly as for ``memory-r1``.
+    """
+
+    name: ClassVar[str] = "add-all"
+
+    def _add(self, session: Session) -> Any:
+        from memory_agent.extraction import Turn as PipelineTurn
+        from memory_agent.extraction import extract_facts
+
+        turns = [PipelineTurn(d["speaker"], d["text"], d["dia_id"], d["blip_caption"], session.timestamp)
+                 for d in _turn_dicts(session)]
+        outcome = extract_facts(self.mem.extract_llm, turns)
+        facts = [f for per_turn in outcome.facts for f in per_turn]
+        if facts:
+            self.mem.store.add_many(
+                [f.text for f in facts], self.user_id, timestamps=[f.timestamp for f in facts],
+                metadatas=[{"speaker": f.speaker, **({"source": f.dia_id} if f.dia_id else {})} for f in facts],
+                actor="agent", source="add-all",
+            )
+        return _Counts({"turns": len(turns), "facts": len(facts), "add": len(facts),
+                        "skipped_extract": len(outcome.invalid)})
+
+
+@dataclass
+class _Counts:
+    values: dict[str, int]
+
+    def counts(self) -> dict[str, int]:
+        return self.values
+
+
+class RLMMethod(MemoryR1Method):
+    """The Memory-R1 memory, answered by the recursive retriever."""
+
+    name: ClassVar[str] = "rlm"
+    strategy: ClassVar[str] = "rlm"
+
+    def __init__(self, config: MethodConfig):
+        super().__init__(config)
+        try:
+            from memory_agent.rlm import RecursiveRetriever  # noqa: F401  # what Memory.answer(strategy="rlm") uses
+        except ImportError as exc:
+            raise ConfigError(f"method 'rlm' needs the recursive retriever (memory_agent.rlm.RecursiveRetriever), "
+                              f"which is not available: {exc}") from exc
+
+
+class RagMethod(_Base):
+    """Raw dialogue turns in a vector store, retrieved and answered by the Answer Agent.
+
+    The same :class:`~memory_agent.answer.AnswerAgent` as Memory-R1 (same k, the
+    same per-speaker split, token budget, prompt and parser): only the memory
+    differs. Turns are stored as ``"speaker: text"`` with the session time as
+    the record timestamp, which the Answer Agent prints before each memory.
+    """
+
+    name: ClassVar[str] = "rag"
+
+    def __init__(self, config: MethodConfig):
+        self.config = config
+        self.store: Any = None
+        self.agent: AnswerAgent | None = None
+        self.user_id = ""
+        self.speakers: list[str] = []
+
+    def _open(self, conversation: Conversation, store_dir: Path) -> None:
+        from memory_store import MemoryStore
+
+        self.close()
+        self.store = MemoryStore(store_dir, embedder=self.config.embedder)
+        self.agent = AnswerAgent(self.config.answerer, self.store, k=self.config.top_k)
+        self.user_id = conversation.sample_id
+        self.speakers = [conversation.speaker_a, conversation.speaker_b]
+
+    def ingest(self, conversation: Conversation, store_dir: Path, *, progress: Progress | None = None) -> IngestStats:
+        self._open(conversation, store_dir)
+        stats = IngestStats(conversation.sample_id)
+        start = time.perf_counter()
+        for session in conversation.sessions:
+            turns = [t for t in session.turns if t.text.strip()]
+            self.store.add_many([turn_line(session, t).split("] ", 1)[1] for t in turns], self.user_id,
+                                metadatas=[{"speaker": t.speaker, "source": t.dia_id} for t in turns],
+                                timestamps=[session.timestamp] * len(turns), actor="agent", source="rag")
+            stats.turns += len(session.turns)
+            stats.ops["ADD"] = stats.ops.get("ADD", 0) + len(turns)
+            if progress:
+                progress(len(session.turns))
+        stats.seconds = round(time.perf_counter() - start, 3)
+        return stats
+
+    def load(self, conversation: Conversation, store_dir: Path) -> None:
+        self._open(conversation, store_dir)
+
+    def answer_many(self, questions: Sequence[str]) -> list[Prediction]:
+        prompts, shown, search_ms = [], [], []
+        for q in questions:
+            (messages, kept), ms = _timed(lambda q=q: self.agent.build(q, self.agent.retrieve(q, self.user_id, self.speakers)))
+            prompts.append((messages, len(kept)))
+            shown.append(kept)
+            search_ms.append(ms)
+        answers, gen_ms = _ask_many(self.config.answerer, prompts)
+        return [
+            Prediction(text=text, valid=valid, raw=raw, retrieved=[(h.metadata or {}).get("source") for h in kept],
+                       memories=[h.text for h in kept], search_ms=s_ms, answer_ms=s_ms + gen_ms,
+                       context_tokens=count_tokens(self.config.answerer, messages))
+            for (text, raw, valid), kept, s_ms, (messages, _) in zip(answers, shown, search_ms, prompts)
+        ]
+
+    def close(self) -> None:
+        if self.store is not None:
+            self.store.close()
+            self.store, self.agent = None, None
+
+
+class FullContextMethod(_Base):
+    """The whole conversation in the prompt, oldest turns dropped to fit the window."""
+
+    name: ClassVar[str] = "full-context"
+
+    def __init__(self, config: MethodConfig):
+        self.config = config
+        self.memories: list[tuple[str, str]] = []
+
+    def ingest(self, conversation: Conversation, store_dir: Path, *, progress: Progress | None = None) -> IngestStats:
+        self.load(conversation, store_dir)
+        if progress:
+            progress(conversation.n_turns)
+        return IngestStats(conversation.sample_id, turns=conversation.n_turns)
+
+    def load(self, conversation: Conversation, store_dir: Path) -> None:
+        # (date, "speaker: text"), dated like the Answer Agent's memories
+        self.memories = [(s.timestamp[:10], turn_line(s, t).split("] ", 1)[1])
+                         for s, t in conversation.turns() if t.text.strip()]
+
+    def _fit(self, question: str) -> int:
+        """How many of the most recent turns fit the window (binary search on the count)."""
+        llm = self.config.answerer
+        budget = (self.config.context_window or context_window(llm)) - ANSWER_MAX_NEW_TOKENS
+        lo, hi = 0, len(self.memories)
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if count_tokens(llm, answer_messages(question, self.memories[-mid:])) <= budget:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
+
+    def answer_many(self, questions: Sequence[str]) -> list[Prediction]:
+        prompts, fit_ms = [], []
+        for q in questions:
+            keep, ms = _timed(lambda q=q: self._fit(q))
+            kept = self.memories[len(self.memories) - keep:]
+            prompts.append((answer_messages(q, kept), len(kept)))
+            fit_ms.append(ms)  # the "search" of this method: fitting the window
+        answers, gen_ms = _ask_many(self.config.answerer, prompts)
+        # retrieved stays empty: "everything since turn N" would bloat predictions.jsonl
+        return [
+            Prediction(text=text, valid=valid, raw=raw, retrieved=[], memories=[], search_ms=f_ms,
+                       answer_ms=f_ms + gen_ms, context_tokens=count_tokens(self.config.answerer, messages))
+            for (text, raw, valid), f_ms, (messages, _) in zip(answers, fit_ms, prompts)
+        ]
+
+    def close(self) -> None:
+        self.memories = []
+
+
+#: CLI name -> method class.
+METHODS: dict[str, type] = {
+    "memory-r1": MemoryR1Method,
+    "add-all": AddAllMethod,
+    "rag": RagMethod,
+    "full-context": FullContextMethod,
+    "rlm": RLMMethod,
+}
+
+
+def make_method(name: str, config: MethodConfig) -> Method:
+    """Build the method called ``name``; unknown names raise :class:`ConfigError`."""
+    cls = METHODS.get(name)
+    if cls is None:
+        raise ConfigError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
+    return cls(config)

@@ -1,0 +1,149 @@
+"""Step 3: the Answer Agent answers a question from the user's memories.
+
+Following Memory-R1, it retrieves 60 memories (30 per speaker when the
+conversation has two speakers, so one talkative speaker cannot crowd out the
+other), shows them as ``[i] date: memory`` oldest first, and asks the model to
+first name the memories that help (memory distillation), then give a short
+answer after ``**Answer:**``. The prompt is kept within the 2048-token window
+of the embedded model by dropping the *least relevant* memories first.
+
+A reply without the marker is not hidden: the last line becomes the answer,
+``valid=False``, and callers count it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from memory_agent.llms.base import LLM
+from memory_agent.prompts import answer_messages
+
+__all__ = ["Answer", "AnswerAgent", "parse_answer", "ANSWER_MAX_NEW_TOKENS"]
+
+ANSWER_MAX_NEW_TOKENS = 64
+_STRICT_MARKER = re.compile(r"\*\*\s*answer\s*(?::\s*\*\*|\*\*\s*:)", re.IGNORECASE)
+
+
+@dataclass
+class Answer:
+    text: str
+    memories: list[Any]  # the memories the model selected (records)
+    retrieved: list[Any]  # everything it was shown
+    raw: str
+    valid: bool
+    question: str = ""
+    strategy: str = "memory"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_answer(raw: str, n_shown: int) -> tuple[str, list[int], bool]:
+    """-> (answer text, selected indices into the shown list, valid)."""
+    raw = raw or ""
+    m = _STRICT_MARKER.search(raw)
+    if m is None:
+        # Tolerate a plain "Answer:" line; anything else is an invalid (counted) reply.
+        m = re.search(r"(?im)^\s*answer\s*:\s*", raw)
+    if m is not None:
+        head, tail = raw[: m.start()], raw[m.end() :]
+        lines = [ln.strip() for ln in tail.strip().splitlines() if ln.strip()]
+        text = lines[0] if lines else ""
+        valid = bool(text)
+    else:
+        head = raw
+        lines = [ln.strip() for ln in raw.strip().splitlines() if ln.strip()]
+        text = lines[-1] if lines else ""
+        valid = False
+    text = text.strip().strip("*").strip()[:300]
+    if re.fullmatch(r"(\[\d+\][\s,]*)+", text):  # only memory numbers, no answer
+        valid = False
+    selected: list[int] = []
+    for tok in re.findall(r"\[(\d+)\]|\b(?:relevant|memories?)\s*:?\s*((?:\d+\s*,?\s*)+)", head, re.IGNORECASE):
+        nums = [tok[0]] if tok[0] else re.findall(r"\d+", tok[1])
+        for n in nums:
+            i = int(n)
+            if 0 <= i < n_shown and i not in selected:
+                selected.append(i)
+    return text, selected, valid
+
+
+class AnswerAgent:
+    def __init__(
+        self,
+        llm: LLM,
+        store: Any,
+        *,
+        k: int = 60,
+        max_prompt_tokens: int = 1900,
+        max_new_tokens: int = ANSWER_MAX_NEW_TOKENS,
+    ):
+        self.llm = llm
+        self.store = store
+        self.k = k
+        self.max_prompt_tokens = max_prompt_tokens
+        self.max_new_tokens = max_new_tokens
+
+    def speakers(self, user_id: str) -> list[str]:
+        seen: dict[str, None] = {}
+        for r in self.store.list(user_id):
+            s = (r.metadata or {}).get("speaker")
+            if isinstance(s, str):
+                seen.setdefault(s)
+        return list(seen)
+
+    def retrieve(self, question: str, user_id: str, speakers: Sequence[str] | None = None) -> list[Any]:
+        """Best-first hits: k/2 per speaker when there are exactly two, else k."""
+        speakers = list(speakers) if speakers is not None else self.speakers(user_id)
+        if len(speakers) == 2:
+            per = self.k // 2
+            a = self.store.search(question, user_id=user_id, k=per, metadata_filter={"speaker": speakers[0]})
+            b = self.store.search(question, user_id=user_id, k=per, metadata_filter={"speaker": speakers[1]})
+            return sorted(a + b, key=lambda h: -h.score)
+        return self.store.search(question, user_id=user_id, k=self.k)
+
+    def _count(self, text: str) -> int:
+        tok = getattr(self.llm, "tokenizer", None)
+        if tok is not None:
+            return len(tok(text, add_special_tokens=False)["input_ids"])
+        return len(text) // 4 + 1  # ~4 characters per token for English
+
+    def build(self, question: str, hits: Sequence[Any]) -> tuple[list[dict[str, str]], list[Any]]:
+        """Prompt + the shown memories (oldest first), trimmed to the token budget."""
+        base = self._count("".join(m["content"] for m in answer_messages(question, []))) + 40  # template tokens
+        budget = self.max_prompt_tokens - base
+        kept = []
+        for h in hits:  # best first: the least relevant are the ones left out
+            cost = self._count(f"[00] {_date(h)}: {h.text}\n")
+            if cost > budget:
+                break
+            budget -= cost
+            kept.append(h)
+        kept.sort(key=lambda h: (_date(h), h.id))
+        return answer_messages(question, [(_date(h), h.text) for h in kept]), kept
+
+    def answer(self, question: str, user_id: str, speakers: Sequence[str] | None = None) -> Answer:
+        return self.answer_many([question], user_id, speakers=speakers)[0]
+
+    def answer_many(self, questions: Sequence[str], user_id: str, speakers: Sequence[str] | None = None) -> list[Answer]:
+        """Answer several questions with one batched generate call."""
+        if not questions:
+            return []
+        speakers = list(speakers) if speakers is not None else self.speakers(user_id)
+        prompts, shown = [], []
+        for q in questions:
+            messages, kept = self.build(q, self.retrieve(q, user_id, speakers))
+            prompts.append(messages)
+            shown.append(kept)
+        replies = self.llm.generate(prompts, max_new_tokens=self.max_new_tokens, temperature=0.0)
+        out = []
+        for q, kept, raw in zip(questions, shown, replies):
+            text, selected, valid = parse_answer(raw, len(kept))
+            out.append(Answer(text, [kept[i] for i in selected], list(kept), raw, valid, question=q))
+        return out
+
+
+def _date(record: Any) -> str:
+    # Date only: the time of day costs tokens and rarely matters to questions.
+    return str(getattr(record, "updated_at", "") or getattr(record, "created_at", ""))[:10]

@@ -1,0 +1,68 @@
+"""Click options shared by the memory commands, and the helper that opens a Memory.
+
+One definition per option keeps names, defaults and help identical across
+``add``, ``ask``, ``search``, ``history``, ``chat``, ``info``, ``demo`` and
+``bench ingest``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+__all__ = [
+    "db_option",
+    "user_option",
+    "model_options",
+    "embedder_option",
+    "json_option",
+    "open_memory",
+    "emit_json",
+    "DEFAULT_DB",
+]
+
+DEFAULT_DB = "./memory_db"
+
+db_option = click.option(
+    "--db",
+    default=lambda: os.environ.get("MEMORY_AGENT_DB", DEFAULT_DB),
+    show_default="./memory_db or $MEMORY_AGENT_DB",
+    help="Memory folder.",
+)
+user_option = click.option("--user", "user_id", default="default", show_default=True, help="Whose memories.")
+embedder_option = click.option(
+    "--embedder",
+    type=click.Choice(["default", "hashing"]),
+    default="default",
+    show_default=True,
+    help="default = embedded all-MiniLM-L6-v2; hashing = fast, no model (tests).",
+)
+json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
+
+
+def model_options(f: Callable) -> Callable:
+    """--model, plus --manager-model / --answer-model to swap one role's model."""
+    f = click.option("--answer-model", default=None, help="Model for the Answer Agent (default: --model).")(f)
+    f = click.option("--manager-model", default=None, help="Model for the Memory Manager (default: --model).")(f)
+    f = click.option(
+        "--model",
+        default="default",
+        show_default=True,
+        help="default (embedded SmolLM2-135M), a model folder, a .gguf file, or openai:MODEL@URL.",
+    )(f)
+    return f
+
+
+def open_memory(db: str, embedder: str, model: str = "default", manager_model: str | None = None,
+                answer_model: str | None = None) -> Any:
+    from memory_agent.memory import Memory
+
+    return Memory.open(db, llm=model, embedder=embedder, manager_llm=manager_model, answer_llm=answer_model)
+
+
+def emit_json(obj: Any) -> None:
+    click.echo(json.dumps(obj, indent=2, default=str, ensure_ascii=False))

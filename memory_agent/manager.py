@@ -1,0 +1,257 @@
+"""Step 2: the Memory Manager turns each turn's facts into store operations.
+
+For every turn with facts we retrieve the user's ``top_k`` (10) most related
+memories, show them numbered 0..n-1 (small per-call ids; database ids and
+other users' rows are never visible to the model), ask for ADD/UPDATE/DELETE/
+NOOP, map the small ids back to this user's database ids and apply the turn's
+operations with ONE ``store.apply`` call (one transaction, ``source=<dia_id>``
+so ``history`` shows which turn did what). A turn whose output is invalid is
+skipped entirely and counted; nothing of it is applied.
+
+Speed (batching "waves"). Calling the model turn by turn is ~10x slower on a
+CPU than batching, so up to ``wave_size`` pending turns are decided in one
+``generate`` call, all against the same snapshot of the store, then applied in
+dialogue order. A decision is applied unless it UPDATEs or DELETEs a memory
+that an earlier turn of the same wave already changed: then its view of that
+memory is stale and the turn is asked again in the next wave, on fresh data
+(the first turn of a wave always applies, so this terminates). Decisions that
+cannot conflict - different memories, or only ADD/NOOP - batch freely.
+(An earlier version re-asked every turn that was merely *shown* a changed
+memory; with top-10 retrieval over a small store that re-asked nearly the
+whole wave after each UPDATE and made ingestion quadratic.)
+
+Validation beyond parsing: an UPDATE must share a content word with the
+memory it replaces (see :func:`_check_updates_related`), else the turn is
+rejected as invalid output - small models otherwise overwrite unrelated facts.
+
+Documented shortcut: when a turn retrieves nothing (the user has no memories
+yet), its facts are ADDed without a model call - there is nothing to update,
+delete or duplicate. Turns without facts never reach the manager.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from memory_agent.errors import InvalidInput, InvalidModelOutput, MemoryNotFound
+from memory_agent.extraction import Fact
+from memory_agent.llms.base import LLM
+from memory_agent.operations import AddOp, DeleteOp, NoopOp, UpdateOp, parse_operations
+from memory_agent.prompts import manager_messages
+
+__all__ = ["TurnFacts", "AppliedChange", "Skipped", "ManageOutcome", "MemoryManager", "MANAGER_MAX_NEW_TOKENS"]
+
+MANAGER_MAX_NEW_TOKENS = 64
+
+
+@dataclass(frozen=True)
+class TurnFacts:
+    """The facts of one dialogue turn, ready for the manager."""
+
+    dia_id: str | None
+    speaker: str
+    timestamp: str | None  # ISO-8601 session date
+    facts: tuple[str, ...]
+
+    @classmethod
+    def from_facts(cls, facts: Sequence[Fact], timestamp: str | None) -> "TurnFacts":
+        first = facts[0]
+        return cls(first.dia_id, first.speaker, timestamp, tuple(f.text for f in facts))
+
+
+@dataclass(frozen=True)
+class AppliedChange:
+    op: str  # ADD / UPDATE / DELETE
+    id: int
+    old_text: str | None
+    new_text: str | None
+    source: str | None
+    direct: bool = False  # ADDed without a model call (the user had no memories)
+
+
+@dataclass(frozen=True)
+class Skipped:
+    stage: str  # "extract" | "manage" | "apply"
+    source: str | None
+    reason: str
+    raw: str | None = None
+
+
+@dataclass
+class ManageOutcome:
+    applied: list[AppliedChange] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+    noops: int = 0
+    model_calls: int = 0  # generate() calls
+    decisions: int = 0  # conversations sent to the model
+    direct_turns: int = 0
+    waves: int = 0
+    redecided: int = 0  # turns re-asked because an earlier turn of the wave changed what they saw
+
+
+_WORD = re.compile(r"[a-z0-9]+")
+_STOP = frozenset(
+    "a an the and or but to of in on at for with from by is are was were be been has have had do does did "
+    "i me my we our you your he him his she her they them their it its this that not no so very just also "
+    "now again still new".split()
+)
+
+
+def _content(text: str, ignore: set[str]) -> set[str]:
+    return {w for w in _WORD.findall(text.casefold()) if w not in _STOP and w not in ignore and len(w) > 2}
+
+
+def _check_updates_related(ops: list, hits: list, speaker: str, raw: str) -> None:
+    """An UPDATE must be about the memory it replaces.
+
+    Small models often "UPDATE" an unrelated memory (overwriting "Nikhil took up
+    pottery" with "Maya has been dating Alex"), which silently destroys a fact.
+    An update that shares no content word (names included) with the old text is
+    not an update; the turn's output is rejected as invalid. The check is
+    deliberately loose - "Alice moved to Berlin" -> "Alice lives in Munich" is a
+    real update that shares only the name - so it stops cross-topic and
+    cross-person overwrites without second-guessing plausible ones.
+    """
+    for op in ops:
+        if isinstance(op, UpdateOp):
+            old = hits[op.id]
+            if not _content(op.text, set()) & _content(old.text, set()):
+                raise InvalidModelOutput(
+                    f"UPDATE {op.id} replaces {old.text!r} with unrelated text {op.text!r}", raw
+                )
+
+
+class MemoryManager:
+    """Decides and applies memory operations, turn by turn, in batched waves."""
+
+    def __init__(
+        self,
+        llm: LLM,
+        store: Any,
+        *,
+        top_k: int = 10,
+        wave_size: int = 32,
+        max_new_tokens: int = MANAGER_MAX_NEW_TOKENS,
+        actor: str = "agent",
+    ):
+        if top_k < 1 or wave_size < 1:
+            raise ValueError("top_k and wave_size must be >= 1")
+        self.llm = llm
+        self.store = store
+        self.top_k = top_k
+        self.wave_size = wave_size
+        self.max_new_tokens = max_new_tokens
+        self.actor = actor
+
+    # ------------------------------------------------------------ retrieval
+    def retrieve(self, items: Sequence[TurnFacts], user_id: str) -> list[list[Any]]:
+        """Top-k related memories per turn: each fact searched, best score kept per memory."""
+        texts = [f for it in items for f in it.facts]
+        if not texts or self.store.count(user_id) == 0:
+            return [[] for _ in items]
+        embedder = getattr(self.store, "embedder", None)
+        vecs = embedder.embed(texts) if embedder is not None else None  # one batched embed call
+        out: list[list[Any]] = []
+        pos = 0
+        for it in items:
+            best: dict[int, Any] = {}
+            for fact in it.facts:
+                if vecs is not None:
+                    hits = self.store.search_vector(vecs[pos], user_id=user_id, k=self.top_k)
+                else:
+                    hits = self.store.search(fact, user_id=user_id, k=self.top_k)
+                pos += 1
+                for h in hits:
+                    if h.id not in best or h.score > best[h.id].score:
+                        best[h.id] = h
+            out.append(sorted(best.values(), key=lambda h: -h.score)[: self.top_k])
+        return out
+
+    # ------------------------------------------------------------ main loop
+    def manage(self, items: Sequence[TurnFacts], user_id: str) -> ManageOutcome:
+        outcome = ManageOutcome()
+        pending = [it for it in items if it.facts]
+        while pending:
+            wave, rest = pending[: self.wave_size], pending[self.wave_size :]
+            outcome.waves += 1
+            retry = self._run_wave(wave, user_id, outcome)
+            pending = retry + rest
+        return outcome
+
+    def _run_wave(self, wave: list[TurnFacts], user_id: str, outcome: ManageOutcome) -> list[TurnFacts]:
+        shown = self.retrieve(wave, user_id)
+        asked = [i for i, s in enumerate(shown) if s]
+        replies: dict[int, str] = {}
+        if asked:
+            batch = [manager_messages(wave[i].facts, [h.text for h in shown[i]]) for i in asked]
+            texts = self.llm.generate(batch, max_new_tokens=self.max_new_tokens, temperature=0.0, stop=["\n\n"])
+            replies = dict(zip(asked, texts))
+            outcome.model_calls += 1
+            outcome.decisions += len(asked)
+        changed: set[int] = set()  # db ids updated/deleted by earlier turns of this wave
+        retry: list[TurnFacts] = []
+        for i, item in enumerate(wave):
+            hits = shown[i]
+            if hits:
+                raw = replies[i]
+                try:
+                    ops = parse_operations(raw, len(hits))
+                except InvalidModelOutput as exc:
+                    outcome.skipped.append(Skipped("manage", item.dia_id, exc.args[0], raw))
+                    continue
+                try:
+                    _check_updates_related(ops, hits, item.speaker, raw)
+                except InvalidModelOutput as exc:
+                    outcome.skipped.append(Skipped("manage", item.dia_id, exc.args[0], raw))
+                    continue
+                targets = {hits[op.id].id for op in ops if isinstance(op, (UpdateOp, DeleteOp))}
+                if targets & changed:
+                    # It would edit a memory an earlier turn of this wave already changed:
+                    # its view is stale, so ask again next wave with fresh memories.
+                    retry.append(item)
+                    outcome.redecided += 1
+                    continue
+            else:
+                ops = [AddOp(text=f) for f in item.facts]
+                outcome.direct_turns += 1
+            changed |= self._apply(item, ops, hits, user_id, outcome, direct=not hits)
+        return retry
+
+    def _apply(self, item: TurnFacts, ops: list, hits: list, user_id: str, outcome: ManageOutcome, *, direct: bool) -> set[int]:
+        from memory_store import Add, Delete, Update
+
+        metadata: dict[str, Any] = {"speaker": item.speaker}
+        if item.dia_id:
+            metadata["source"] = item.dia_id
+        store_ops = []
+        for op in ops:
+            if isinstance(op, AddOp):
+                store_ops.append(Add(text=op.text, metadata=metadata))
+            elif isinstance(op, UpdateOp):
+                store_ops.append(Update(id=hits[op.id].id, text=op.text))  # small id -> this user's db id
+            elif isinstance(op, DeleteOp):
+                store_ops.append(Delete(id=hits[op.id].id))
+            elif not isinstance(op, NoopOp):  # pragma: no cover - parse_operations returns only these
+                raise TypeError(f"unexpected op {op!r}")
+        if not store_ops:
+            outcome.noops += 1
+            return set()
+        try:
+            applied = self.store.apply(
+                store_ops, user_id=user_id, actor=self.actor, source=item.dia_id, timestamp=item.timestamp
+            )
+        except (MemoryNotFound, InvalidInput) as exc:
+            # The store validated and refused the whole batch; nothing was applied.
+            outcome.skipped.append(Skipped("apply", item.dia_id, str(exc), None))
+            return set()
+        touched: set[int] = set()
+        for a in applied:
+            if a.op == "NOOP" or a.id is None:
+                continue
+            outcome.applied.append(AppliedChange(a.op, a.id, a.old_text, a.new_text, item.dia_id, direct))
+            if a.op in ("UPDATE", "DELETE"):
+                touched.add(a.id)
+        return touched

@@ -1,0 +1,38 @@
+"""memory_store: long-term memories in SQLite (truth) with a derived FAISS index.
+
+Imports no other package of this project and never imports torch (the
+sentence-transformers embedder loads it lazily when constructed).
+"""
+
+from __future__ import annotations
+
+from memory_store.embedders import Embedder, HashingEmbedder, SentenceTransformerEmbedder
+from memory_store.errors import (
+    EmbeddingDimensionMismatch, InvalidInput, MemoryAgentError, MemoryNotFound, SchemaTooNew, StoreError,
+)
+from memory_store.records import (
+    Add, AppliedOp, Delete, HistoryEntry, MemoryRecord, Noop, SearchHit, StoreOp, Update,
+)
+from memory_store.store import MemoryStore
+
+__all__ = [
+    "MemoryStore",
+    "Embedder",
+    "HashingEmbedder",
+    "SentenceTransformerEmbedder",
+    "Add",
+    "Update",
+    "Delete",
+    "Noop",
+    "StoreOp",
+    "AppliedOp",
+    "MemoryRecord",
+    "SearchHit",
+    "HistoryEntry",
+    "MemoryAgentError",
+    "StoreError",
+    "InvalidInput",
+    "MemoryNotFound",
+    "EmbeddingDimensionMismatch",
+    "SchemaTooNew",
+]

@@ -1,0 +1,548 @@
+"""``MemoryStore``: per-user memories in SQLite with a derived FAISS index.
+
+Order of truth: every change is committed to SQLite first (one transaction
+per call/batch, with history and a ``changes`` log row per memory touched);
+the in-memory index is updated only after the commit. The index is saved at
+``close()``/``flush()`` with the change counter it reflects; on open a
+missing/corrupt/foreign index is rebuilt from SQLite and a stale one catches
+up by replaying the ``changes`` log. The same catch-up runs (cheaply: one
+``max(seq)`` read) before every search and write, so several processes can
+share one store folder: SQLite serialises their writes and each process's
+index follows the others' commits.
+
+A crash therefore never loses a committed memory (SQLite has it) and never
+leaves an index entry for an uncommitted one (the index is only ever built
+from committed rows).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from itertools import groupby, islice
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import ValidationError
+
+from memory_store import schema
+from memory_store.embedders import Embedder
+from memory_store.errors import EmbeddingDimensionMismatch, InvalidInput, MemoryNotFound, StoreError
+from memory_store.index import HNSW_EF_SEARCH, INDEX_KINDS, IndexLoadError, VectorIndex
+from memory_store.records import (
+    STORE_OP_ADAPTER, Add, AppliedOp, Delete, HistoryEntry, MemoryRecord, Noop, SearchHit, Update,
+)
+from memory_store.validation import (
+    check_filter, check_id, check_k, check_label, check_metadata, check_text, check_timestamp,
+    check_user, check_vectors,
+)
+
+__all__ = ["MemoryStore", "INDEX_FILE"]
+
+log = logging.getLogger(__name__)
+
+INDEX_FILE = "index.bin"
+_COLS = "id, user_id, text, created_at, updated_at, metadata, hash"
+_CHUNK = 900  # stay under SQLite's bound-parameter limit
+STALE_TMP_S = 600  # an index temp file this old is not being written any more
+REPLAY_LIMIT = 0.5  # replay the changes log unless it touches more than this share of rows
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _record(row: Sequence[Any], cls: type = MemoryRecord, **extra: Any) -> Any:
+    # model_construct: rows come from our own schema, re-validating is wasted time.
+    return cls.model_construct(id=row[0], user_id=row[1], text=row[2], created_at=row[3],
+                               updated_at=row[4], metadata=json.loads(row[5]), hash=row[6], **extra)
+
+
+def _applied(op: str, mid: int | None, old: str | None, new: str | None) -> AppliedOp:
+    # model_construct: built from already-validated values; per-row validation
+    # was ~15% of add_many's time.
+    return AppliedOp.model_construct(op=op, id=mid, old_text=old, new_text=new)
+
+
+def _chunks(seq: Sequence[Any], size: int = _CHUNK) -> Iterator[Sequence[Any]]:
+    for i in range(0, len(seq), size):
+        yield seq[i : i + size]
+
+
+class MemoryStore:
+    """FAISS + SQLite memory store; see docs/store.md and docs/architecture.md."""
+
+    def __init__(self, path: str | Path, embedder: Embedder | None = None, index: str | None = None, *,
+                 dim: int | None = None, ef_search: int = HNSW_EF_SEARCH) -> None:
+        # index=None: the kind this folder was last opened with (else "flat"), so a
+        # quick MemoryStore(folder) for a count never swaps an HNSW index for a flat one.
+        if index is not None and index not in INDEX_KINDS:
+            raise InvalidInput(f"index must be one of {INDEX_KINDS}, got {index!r}")
+        if embedder is not None and dim is not None and int(embedder.dim) != dim:
+            raise EmbeddingDimensionMismatch(f"embedder dim {embedder.dim} != dim={dim}")
+        self.path = Path(path)
+        if embedder is None and dim is None and not (self.path / schema.DB_NAME).exists():
+            # Checked before creating anything: a new store must know its vector width.
+            raise StoreError(f"no store at {self.path}: creating one needs an embedder or dim=")
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.embedder = embedder
+        self.index_kind = index or "flat"
+        if isinstance(ef_search, bool) or not isinstance(ef_search, int) or ef_search < 1:
+            raise InvalidInput(f"ef_search must be an int >= 1, got {ef_search!r}")
+        self.ef_search = ef_search
+        self._lock = threading.RLock()
+        self._closed = False
+        self._db = schema.connect(self.path)
+        try:
+            want = int(embedder.dim) if embedder is not None else dim
+            self.dim = schema.migrate(self._db, want)
+            if want is not None and want != self.dim:
+                raise EmbeddingDimensionMismatch(f"store {self.path} has dim {self.dim}, embedder/dim gives {want}")
+            self._uuid = schema.get_meta(self._db, "db_uuid") or ""
+            recorded_kind = schema.get_meta(self._db, "index_kind")
+            if index is None and recorded_kind in INDEX_KINDS:
+                self.index_kind = recorded_kind
+            elif recorded_kind != self.index_kind:
+                with schema.write_txn(self._db):
+                    schema.set_meta(self._db, "index_kind", self.index_kind)
+            self._index = self._open_index()
+        except BaseException:
+            self._db.conn.close()
+            raise
+        self._saved_seq = self._index.seq if (self.path / INDEX_FILE).exists() else -1
+
+    # ---- plumbing -------------------------------------------------------------------
+
+    def __repr__(self) -> str:
+        return f"MemoryStore({str(self.path)!r}, index={self.index_kind!r}, dim={self.dim})"
+
+    def __enter__(self) -> "MemoryStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _reading(self) -> Iterator[None]:
+        """Lock + one read snapshot, with the index caught up to that snapshot."""
+        with self._lock:
+            if self._closed:
+                raise StoreError("store is closed")
+            conn = self._db.conn
+            conn.execute("BEGIN")
+            try:
+                self._catch_up()
+                yield
+            finally:
+                conn.execute("COMMIT")
+
+    def _open_index(self) -> VectorIndex:
+        file = self.path / INDEX_FILE
+        for tmp in self.path.glob(INDEX_FILE + ".*.tmp"):  # left by a process killed mid-save
+            try:
+                if time.time() - tmp.stat().st_mtime > STALE_TMP_S:
+                    tmp.unlink()
+            except OSError:  # raced with its writer or another cleaner: not ours to fix
+                pass
+        idx: VectorIndex | None = None
+        if file.exists():
+            try:
+                idx = VectorIndex.load(file, dim=self.dim, kind=self.index_kind, db_uuid=self._uuid,
+                                       ef_search=self.ef_search)
+            except IndexLoadError as exc:
+                log.warning("index %s unusable (%s): rebuilding from SQLite", file, exc)
+        self._index = idx if idx is not None else VectorIndex(self.dim, self.index_kind, self.ef_search)
+        if idx is None:
+            self._index.seq = -1  # forces a full rebuild in _catch_up
+        self._db.conn.execute("BEGIN")
+        try:
+            self._catch_up()
+        finally:
+            self._db.conn.execute("COMMIT")
+        return self._index
+
+    def _rebuild(self, seq: int) -> None:
+        """Full rebuild of the index from SQLite (caller holds a snapshot)."""
+        idx = VectorIndex(self.dim, self.index_kind, self.ef_search)
+        cur = self._db.conn.execute("SELECT user_id, id, embedding FROM memories ORDER BY user_id, id")
+        for user, rows in groupby(cur, key=lambda r: r[0]):
+            while batch := list(islice(rows, 50_000)):  # bounded memory for big stores
+                ids = np.fromiter((r[1] for r in batch), dtype=np.int64, count=len(batch))
+                vecs = np.frombuffer(b"".join(r[2] for r in batch), dtype=np.float32).reshape(len(batch), self.dim)
+                idx.add(user, ids, vecs)
+        idx.seq = seq
+        self._index = idx
+
+    def _catch_up(self) -> None:
+        """Fold other processes' commits into the index (caller holds a snapshot)."""
+        idx = self._index
+        seq = schema.current_seq(self._db)
+        if seq == idx.seq:
+            return
+        if seq < idx.seq or idx.seq < 0:
+            self._rebuild(seq)
+            return
+        changed = [r[0] for r in self._db.conn.execute(
+            "SELECT DISTINCT memory_id FROM changes WHERE seq > ? AND seq <= ?", [idx.seq, seq])]
+        # Flat: re-adding most rows costs about a rebuild, so rebuild. HNSW: a graph
+        # rebuild is far dearer than inserting the changed rows, so always replay.
+        if self.index_kind == "flat" and len(changed) > max(1000, REPLAY_LIMIT * len(idx)):
+            self._rebuild(seq)
+            return
+        present: set[int] = set()
+        for part in _chunks(changed):
+            marks = ",".join("?" * len(part))
+            rows = self._db.conn.execute(
+                f"SELECT user_id, id, embedding FROM memories WHERE id IN ({marks}) ORDER BY user_id, id", list(part))
+            for user, group in groupby(rows, key=lambda r: r[0]):
+                batch = list(group)
+                ids = np.array([r[1] for r in batch], dtype=np.int64)
+                vecs = np.frombuffer(b"".join(r[2] for r in batch), dtype=np.float32).reshape(len(batch), self.dim)
+                idx.add(user, ids, vecs)  # upsert: covers adds and updates
+                present.update(ids.tolist())
+        idx.remove(i for i in changed if i not in present)
+        idx.seq = seq
+
+    def _embed(self, texts: list[str]) -> np.ndarray:
+        if self.embedder is None:
+            raise StoreError("this store was opened without an embedder: pass embeddings/vectors instead")
+        vecs = self.embedder.embed(texts)
+        return check_vectors(vecs, len(texts), self.dim)
+
+    # ---- the one write path -----------------------------------------------------------
+
+    def _commit(self, user_id: str, plan: list[tuple], actor: str, source: str | None,
+                ts: str) -> tuple[list[AppliedOp], dict[int, tuple]]:
+        """Apply a validated plan in one transaction, then mirror it in the index.
+
+        ``plan`` items: ("ADD", text, meta_json, vec, created_at) | ("UPDATE", id, text, vec)
+        | ("DELETE", id) | ("NOOP",). Ids are checked against ``user_id`` under the
+        write lock, so a raise here rolls back everything. Returns the applied ops
+        and the rows of updated/deleted ids as they were before the batch.
+        """
+        with self._lock:
+            if self._closed:
+                raise StoreError("store is closed")
+            conn = self._db.conn
+            upserts: dict[int, np.ndarray] = {}
+            removed: set[int] = set()
+            applied: list[AppliedOp] = []
+            with schema.write_txn(self._db):
+                self._catch_up()
+                wanted = sorted({p[1] for p in plan if p[0] in ("UPDATE", "DELETE")})
+                before: dict[int, tuple] = {}
+                for part in _chunks(wanted):
+                    marks = ",".join("?" * len(part))
+                    for r in conn.execute(f"SELECT {_COLS} FROM memories WHERE user_id = ? AND id IN ({marks})",
+                                          [user_id, *part]):
+                        before[r[0]] = tuple(r)
+                current = {mid: r[2] for mid, r in before.items()}
+                for mid in wanted:
+                    if mid not in current:
+                        raise MemoryNotFound(mid, user_id)
+                row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'memories'").fetchone()
+                next_id = int(row[0]) if row else 0
+                inserts, updates, deletes, history = [], [], [], []
+                for p in plan:
+                    kind = p[0]
+                    if kind == "ADD":
+                        _, text, meta, vec, created = p
+                        next_id += 1
+                        inserts.append((next_id, user_id, text, created, created, meta, _sha(text), vec.tobytes()))
+                        history.append((next_id, user_id, "ADD", None, text, actor, source, created))
+                        upserts[next_id] = vec
+                        applied.append(_applied("ADD", next_id, None, text))
+                    elif kind == "UPDATE":
+                        _, mid, text, vec = p
+                        old = current[mid]
+                        updates.append((text, _sha(text), vec.tobytes(), ts, mid, user_id))
+                        history.append((mid, user_id, "UPDATE", old, text, actor, source, ts))
+                        current[mid] = text
+                        upserts[mid] = vec
+                        applied.append(_applied("UPDATE", mid, old, text))
+                    elif kind == "DELETE":
+                        mid = p[1]
+                        deletes.append((mid, user_id))
+                        history.append((mid, user_id, "DELETE", current[mid], None, actor, source, ts))
+                        upserts.pop(mid, None)
+                        removed.add(mid)
+                        applied.append(_applied("DELETE", mid, current[mid], None))
+                    else:
+                        applied.append(_applied("NOOP", None, None, None))
+                conn.executemany("INSERT INTO memories (id, user_id, text, created_at, updated_at, metadata, hash,"
+                                 " embedding) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", inserts)
+                conn.executemany("UPDATE memories SET text = ?, hash = ?, embedding = ?, updated_at = ?"
+                                 " WHERE id = ? AND user_id = ?", updates)
+                conn.executemany("DELETE FROM memories WHERE id = ? AND user_id = ?", deletes)
+                conn.executemany("INSERT INTO history (memory_id, user_id, event, old_text, new_text, actor, source,"
+                                 " at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", history)
+                touched = [*upserts, *removed]
+                conn.executemany("INSERT INTO changes (memory_id) VALUES (?)", [(i,) for i in touched])
+                new_seq = schema.current_seq(self._db)
+            # Committed. Mirror in the index; if that fails, force a rebuild next time.
+            try:
+                if upserts:
+                    ids = np.fromiter(upserts, dtype=np.int64, count=len(upserts))
+                    self._index.add(user_id, ids, np.stack(list(upserts.values())))
+                if removed:
+                    self._index.remove(removed)
+                self._index.seq = new_seq
+            except BaseException:
+                self._index.seq = -1
+                raise
+            return applied, before
+
+    # ---- writes --------------------------------------------------------------------
+
+    def add(self, text: str, user_id: str = "u1", metadata: dict[str, Any] | None = None, *,
+            timestamp: str | None = None, actor: str = "user", source: str | None = None) -> int:
+        """Add one memory; returns its database id."""
+        return self.add_many([text], user_id, metadatas=[metadata], timestamps=[timestamp],
+                             actor=actor, source=source)[0]
+
+    def add_many(self, texts: Sequence[str], user_id: str = "u1", *, embeddings: Any = None,
+                 metadatas: Sequence[dict[str, Any] | None] | None = None,
+                 timestamps: Sequence[str | None] | None = None, actor: str = "user",
+                 source: str | None = None) -> list[int]:
+        """Add many memories in one transaction (all or none); ids in input order."""
+        user_id = check_user(user_id)
+        if isinstance(texts, str):
+            raise InvalidInput("add_many() takes a sequence of texts, not a string")
+        texts = [check_text(t) for t in texts]
+        n = len(texts)
+        metas = [check_metadata(m) for m in (metadatas if metadatas is not None else [None] * n)]
+        stamps = [check_timestamp(t) for t in timestamps] if timestamps is not None else [check_timestamp(None)] * n
+        if len(metas) != n or len(stamps) != n:
+            raise InvalidInput("metadatas/timestamps must have one entry per text")
+        actor = check_label(actor, "actor", optional=False)
+        source = check_label(source, "source", optional=True)
+        if n == 0:
+            return []
+        vecs = check_vectors(embeddings, n, self.dim) if embeddings is not None else self._embed(texts)
+        plan = [("ADD", t, m, v, s) for t, m, v, s in zip(texts, metas, vecs, stamps)]
+        return [a.id for a in self._commit(user_id, plan, actor, source, stamps[0])[0]]
+
+    def update(self, memory_id: int, text: str, user_id: str = "u1", *, timestamp: str | None = None,
+               actor: str = "user", source: str | None = None) -> MemoryRecord:
+        """Replace a memory's text (re-embedded); returns the updated record."""
+        mid, user_id, text = check_id(memory_id), check_user(user_id), check_text(text)
+        ts = check_timestamp(timestamp)
+        actor, source = check_label(actor, "actor", optional=False), check_label(source, "source", optional=True)
+        vec = self._embed([text])[0]
+        _, before = self._commit(user_id, [("UPDATE", mid, text, vec)], actor, source, ts)
+        old = before[mid]  # the new record, built from the same transaction's view
+        return _record((old[0], old[1], text, old[3], ts, old[5], _sha(text)))
+
+    def delete(self, memory_id: int, user_id: str = "u1", *, actor: str = "user",
+               source: str | None = None) -> MemoryRecord:
+        """Delete a memory; returns the record as it was."""
+        mid, user_id = check_id(memory_id), check_user(user_id)
+        actor, source = check_label(actor, "actor", optional=False), check_label(source, "source", optional=True)
+        _, before = self._commit(user_id, [("DELETE", mid)], actor, source, check_timestamp(None))
+        return _record(before[mid])  # read inside the deleting transaction: exactly what was deleted
+
+    def apply(self, ops: Sequence[Any], user_id: str = "u1", *, actor: str = "agent", source: str | None = None,
+              timestamp: str | None = None) -> list[AppliedOp]:
+        """Apply a batch of Add/Update/Delete/Noop in ONE transaction: all land or none.
+
+        Everything is validated before any change: op shapes and texts here, ids
+        (must exist for ``user_id``) under the write lock. An UPDATE or DELETE of an
+        id the same batch already deleted raises ``MemoryNotFound`` (nothing applied).
+        """
+        user_id = check_user(user_id)
+        ts = check_timestamp(timestamp)
+        actor, source = check_label(actor, "actor", optional=False), check_label(source, "source", optional=True)
+        if isinstance(ops, (str, bytes, dict)):
+            raise InvalidInput("apply() takes a sequence of ops")
+        parsed = []
+        for op in ops:
+            if not isinstance(op, (Add, Update, Delete, Noop)):
+                try:
+                    op = STORE_OP_ADAPTER.validate_python(op)
+                except ValidationError as exc:
+                    raise InvalidInput(f"invalid store op {op!r}: {exc}") from exc
+            parsed.append(op)
+        deleted: set[int] = set()
+        texts: list[str] = []
+        for op in parsed:
+            if isinstance(op, (Add, Update)):
+                texts.append(check_text(op.text))
+            if isinstance(op, Add):
+                check_metadata(op.metadata)
+            if isinstance(op, (Update, Delete)):
+                if op.id in deleted:
+                    raise MemoryNotFound(op.id, user_id)
+                if isinstance(op, Delete):
+                    deleted.add(op.id)
+        vecs = iter(self._embed(texts)) if texts else iter(())
+        plan: list[tuple] = []
+        for op in parsed:
+            if isinstance(op, Add):
+                plan.append(("ADD", op.text, check_metadata(op.metadata), next(vecs), ts))
+            elif isinstance(op, Update):
+                plan.append(("UPDATE", op.id, op.text, next(vecs)))
+            elif isinstance(op, Delete):
+                plan.append(("DELETE", op.id))
+            else:
+                plan.append(("NOOP",))
+        return self._commit(user_id, plan, actor, source, ts)[0]
+
+    # ---- reads ---------------------------------------------------------------------
+
+    def get(self, memory_id: int, user_id: str = "u1") -> MemoryRecord:
+        mid, user_id = check_id(memory_id), check_user(user_id)
+        with self._lock:
+            if self._closed:
+                raise StoreError("store is closed")
+            row = self._db.conn.execute(f"SELECT {_COLS} FROM memories WHERE id = ? AND user_id = ?",
+                                        [mid, user_id]).fetchone()
+        if row is None:
+            raise MemoryNotFound(mid, user_id)
+        return _record(row)
+
+    def list(self, user_id: str = "u1") -> list[MemoryRecord]:
+        """All of the user's memories, oldest first (created_at, then id)."""
+        user_id = check_user(user_id)
+        with self._lock:
+            if self._closed:
+                raise StoreError("store is closed")
+            rows = self._db.conn.execute(
+                f"SELECT {_COLS} FROM memories WHERE user_id = ? ORDER BY created_at, id", [user_id]).fetchall()
+        return [_record(r) for r in rows]
+
+    def history(self, memory_id: int, user_id: str = "u1") -> list[HistoryEntry]:
+        """Events of one memory (also after its deletion), oldest first."""
+        mid, user_id = check_id(memory_id), check_user(user_id)
+        with self._lock:
+            if self._closed:
+                raise StoreError("store is closed")
+            rows = self._db.conn.execute(
+                "SELECT id, memory_id, user_id, event, old_text, new_text, actor, source, at FROM history"
+                " WHERE memory_id = ? AND user_id = ? ORDER BY id", [mid, user_id]).fetchall()
+        if not rows:
+            raise MemoryNotFound(mid, user_id)
+        keys = ("id", "memory_id", "user_id", "event", "old_text", "new_text", "actor", "source", "at")
+        return [HistoryEntry.model_construct(**dict(zip(keys, r))) for r in rows]
+
+    def count(self, user_id: str | None = None) -> int:
+        with self._lock:
+            if self._closed:
+                raise StoreError("store is closed")
+            if user_id is None:
+                return int(self._db.conn.execute("SELECT count(*) FROM memories").fetchone()[0])
+            return int(self._db.conn.execute("SELECT count(*) FROM memories WHERE user_id = ?",
+                                             [check_user(user_id)]).fetchone()[0])
+
+    def search(self, query: str, user_id: str = "u1", k: int = 5,
+               metadata_filter: dict[str, Any] | None = None) -> list[SearchHit]:
+        """The user's k memories most similar to ``query``, best first."""
+        query, user_id, k = check_text(query, "query"), check_user(user_id), check_k(k)
+        check_filter(metadata_filter)
+        return self.search_vector(self._embed([query])[0], user_id, k, metadata_filter)
+
+    def search_vector(self, vec: Any, user_id: str = "u1", k: int = 5,
+                      metadata_filter: dict[str, Any] | None = None) -> list[SearchHit]:
+        """Like ``search`` with a precomputed query vector (re-normalised)."""
+        user_id, k = check_user(user_id), check_k(k)
+        q = check_vectors(vec, 1, self.dim)[0]
+        conds = check_filter(metadata_filter)
+        with self._reading():
+            conn = self._db.conn
+            if conds:
+                sql = "SELECT id FROM memories WHERE user_id = ?"
+                params: list[Any] = [user_id]
+                for key, cond, extra in conds:
+                    sql += f" AND EXISTS (SELECT 1 FROM json_each(memories.metadata) j WHERE j.key = ? AND {cond})"
+                    params += [key, *extra]
+                subset = [r[0] for r in conn.execute(sql, params)]
+                ids, scores = self._index.search_subset(user_id, q, k, subset)
+            else:
+                ids, scores = self._index.search(user_id, q, k)
+            id_list = ids.tolist()
+            rows: dict[int, Any] = {}
+            for part in _chunks(id_list):
+                marks = ",".join("?" * len(part))
+                for r in conn.execute(f"SELECT {_COLS} FROM memories WHERE user_id = ? AND id IN ({marks})",
+                                      [user_id, *part]):
+                    rows[r[0]] = r
+        return [_record(rows[i], SearchHit, score=float(s)) for i, s in zip(id_list, scores.tolist()) if i in rows]
+
+    def set_ef_search(self, ef_search: int) -> None:
+        """HNSW search breadth (recall vs latency); ignored by the flat index."""
+        if isinstance(ef_search, bool) or not isinstance(ef_search, int) or ef_search < 1:
+            raise InvalidInput(f"ef_search must be an int >= 1, got {ef_search!r}")
+        ef = ef_search
+        with self._lock:
+            self.ef_search = ef
+            self._index.set_ef_search(ef)
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            if self._closed:
+                raise StoreError("store is closed")
+            conn = self._db.conn
+            n = int(conn.execute("SELECT count(*) FROM memories").fetchone()[0])
+            users = int(conn.execute("SELECT count(DISTINCT user_id) FROM memories").fetchone()[0])
+            db_bytes = sum(f.stat().st_size for f in self.path.glob(schema.DB_NAME + "*") if f.is_file())
+            return {"n": n, "users": users, "index": self.index_kind, "dim": self.dim,
+                    "index_entries": len(self._index), "db_size_bytes": db_bytes,
+                    "change_seq": self._index.seq, "schema_version": schema.SCHEMA_VERSION}
+
+    # ---- persistence --------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Save the index file now (otherwise it is saved at close)."""
+        with self._reading():
+            pass
+        with self._lock:
+            file = self.path / INDEX_FILE
+            if self._index.seq == self._saved_seq and file.exists():
+                return
+            on_disk = VectorIndex.peek(file)
+            if on_disk and on_disk.get("db_uuid") == self._uuid and on_disk.get("kind") == self.index_kind \
+                    and int(on_disk.get("seq", -1)) >= self._index.seq:
+                return  # another process already saved a state at least as new
+            try:
+                self._index.save(file, self._uuid)
+            except OSError as exc:  # the index is derived: failing to cache it loses nothing
+                log.warning("could not save index %s: %s", file, exc)
+                return
+            self._saved_seq = self._index.seq
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                self.flush()
+            finally:
+                self._closed = True
+                self._db.conn.close()
+
+    def export_jsonl(self, path: str | Path, *, user_id: str | None = None, include_history: bool = True,
+                     include_embeddings: bool = False) -> int:
+        """Write one JSON object per memory; returns how many. See memory_store.transfer."""
+        from memory_store.transfer import export_jsonl
+
+        return export_jsonl(self, path, user_id=user_id, include_history=include_history,
+                            include_embeddings=include_embeddings)
+
+    @classmethod
+    def import_jsonl(cls, path: str | Path, store_path: str | Path, embedder: Embedder | None = None,
+                     index: str | None = None, *, dim: int | None = None) -> "MemoryStore":
+        """Open/create the store at ``store_path`` and load an export into it (keeps ids)."""
+        from memory_store.transfer import import_jsonl
+
+        store = cls(store_path, embedder=embedder, index=index, dim=dim)
+        try:
+            import_jsonl(store, path)
+        except BaseException:
+            store.close()
+            raise
+        return store

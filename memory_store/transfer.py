@@ -1,0 +1,153 @@
+"""JSONL export/import of a store (backup, migration between embedders).
+
+One JSON object per line: ``id, user_id, text, created_at, updated_at,
+metadata, hash`` plus optional ``history`` (list of events) and optional
+``embedding`` (list of floats). Import keeps ids, timestamps, metadata and
+history; it re-embeds texts with the store's embedder unless every line
+carries an embedding of the store's width. The whole import is one
+transaction and is validated (including id collisions with rows already in
+the target store) before anything is written.
+"""
+
+from __future__ import annotations
+
+import json
+from itertools import groupby
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from memory_store import schema
+from memory_store.errors import InvalidInput, StoreError
+from memory_store.validation import check_metadata, check_text, check_timestamp, check_user, check_vectors
+
+if TYPE_CHECKING:
+    from memory_store.store import MemoryStore
+
+__all__ = ["export_jsonl", "import_jsonl"]
+
+_EVENTS = ("ADD", "UPDATE", "DELETE")
+
+
+def export_jsonl(store: "MemoryStore", path: str | Path, *, user_id: str | None = None,
+                 include_history: bool = True, include_embeddings: bool = False) -> int:
+    """Write the store (or one user's part) as JSONL, ids ascending; returns the count."""
+    sql = ("SELECT id, user_id, text, created_at, updated_at, metadata, hash, "
+           + ("embedding" if include_embeddings else "NULL") + " FROM memories")
+    params: list[Any] = []
+    if user_id is not None:
+        sql += " WHERE user_id = ?"
+        params.append(check_user(user_id))
+    n = 0
+    tmp = Path(path).with_name(Path(path).name + ".tmp")
+    with store._lock:
+        if store._closed:
+            raise StoreError("store is closed")
+        conn = store._db.conn
+        conn.execute("BEGIN")  # one snapshot: memories and history agree
+        try:
+            with open(tmp, "w", encoding="utf-8") as fh:
+                for row in conn.cursor().execute(sql + " ORDER BY id", params):  # streamed, not fetchall
+                    item: dict[str, Any] = {"id": row[0], "user_id": row[1], "text": row[2], "created_at": row[3],
+                                            "updated_at": row[4], "metadata": json.loads(row[5]), "hash": row[6]}
+                    if include_history:
+                        item["history"] = [
+                            {"event": h[0], "old_text": h[1], "new_text": h[2], "actor": h[3], "source": h[4],
+                             "at": h[5]}
+                            for h in conn.execute("SELECT event, old_text, new_text, actor, source, at FROM history"
+                                                  " WHERE memory_id = ? ORDER BY id", [row[0]])]
+                    if include_embeddings:
+                        item["embedding"] = np.frombuffer(row[7], dtype=np.float32).tolist()
+                    fh.write(json.dumps(item, ensure_ascii=False) + "\n")
+                    n += 1
+        finally:
+            conn.execute("COMMIT")
+    tmp.replace(path)
+    return n
+
+
+def _parse(path: str | Path) -> list[dict[str, Any]]:
+    items = []
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+            except ValueError as exc:
+                raise InvalidInput(f"{path}:{lineno}: not JSON: {exc}") from exc
+            if not isinstance(item, dict):
+                raise InvalidInput(f"{path}:{lineno}: expected an object")
+            try:
+                mid = item["id"]
+                if isinstance(mid, bool) or not isinstance(mid, int) or mid < 1:
+                    raise InvalidInput(f"{path}:{lineno}: id must be a positive int")
+                check_user(item["user_id"])
+                check_text(item["text"])
+                item["created_at"] = check_timestamp(item.get("created_at"))
+                item["updated_at"] = check_timestamp(item.get("updated_at") or item["created_at"])
+                item["metadata_json"] = check_metadata(item.get("metadata") or {})
+            except KeyError as exc:
+                raise InvalidInput(f"{path}:{lineno}: missing field {exc}") from None
+            for h in item.get("history") or []:
+                if not isinstance(h, dict) or h.get("event") not in _EVENTS:
+                    raise InvalidInput(f"{path}:{lineno}: bad history entry {h!r}")
+            items.append(item)
+    ids = [i["id"] for i in items]
+    if len(set(ids)) != len(ids):
+        raise InvalidInput(f"{path}: duplicate ids")
+    return items
+
+
+def import_jsonl(store: "MemoryStore", path: str | Path) -> int:
+    """Load an export into ``store`` in one transaction; returns the count."""
+    from memory_store.store import _sha
+
+    items = _parse(path)
+    if not items:
+        return 0
+    if all("embedding" in i for i in items):
+        vecs = check_vectors([i["embedding"] for i in items], len(items), store.dim)
+    else:
+        vecs = store._embed([i["text"] for i in items])
+    rows, history = [], []
+    for item, vec in zip(items, vecs):
+        text = item["text"]
+        rows.append((item["id"], item["user_id"], text, item["created_at"], item["updated_at"],
+                     item["metadata_json"], _sha(text), vec.tobytes()))
+        events = item.get("history")
+        if not events:  # no history exported: record the import itself
+            events = [{"event": "ADD", "new_text": text, "actor": "import", "at": item["created_at"]}]
+        for h in events:
+            history.append((item["id"], item["user_id"], h["event"], h.get("old_text"), h.get("new_text"),
+                            str(h.get("actor") or "import"), h.get("source"), str(h.get("at") or item["created_at"])))
+    with store._lock:
+        if store._closed:
+            raise StoreError("store is closed")
+        conn = store._db.conn
+        with schema.write_txn(store._db):
+            store._catch_up()
+            ids = [r[0] for r in rows]
+            for start in range(0, len(ids), 900):
+                part = ids[start : start + 900]
+                hit = conn.execute(f"SELECT id FROM memories WHERE id IN ({','.join('?' * len(part))})",
+                                   part).fetchone()
+                if hit is not None:
+                    raise InvalidInput(f"id {hit[0]} already exists in {store.path}; import into an empty store")
+            conn.executemany("INSERT INTO memories (id, user_id, text, created_at, updated_at, metadata, hash,"
+                             " embedding) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            conn.executemany("INSERT INTO history (memory_id, user_id, event, old_text, new_text, actor, source,"
+                             " at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", history)
+            conn.executemany("INSERT INTO changes (memory_id) VALUES (?)", [(i,) for i in ids])
+            new_seq = schema.current_seq(store._db)
+        order = sorted(range(len(rows)), key=lambda j: rows[j][1])
+        try:
+            for user, group in groupby(order, key=lambda j: rows[j][1]):
+                js = list(group)
+                store._index.add(user, np.array([rows[j][0] for j in js], dtype=np.int64), vecs[js])
+            store._index.seq = new_seq
+        except BaseException:
+            store._index.seq = -1
+            raise
+    return len(rows)

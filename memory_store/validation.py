@@ -1,0 +1,152 @@
+"""Input checks shared by the store's methods.
+
+Every public method validates its arguments here *before* touching SQLite or
+the index, so a bad call raises a typed error and changes nothing. These are
+runtime checks, so they raise (never ``assert``, which ``python -O`` strips).
+"""
+
+from __future__ import annotations
+
+import json
+import operator
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+
+from memory_store.errors import EmbeddingDimensionMismatch, InvalidInput
+
+__all__ = [
+    "check_user",
+    "check_text",
+    "check_id",
+    "check_k",
+    "check_metadata",
+    "check_timestamp",
+    "check_label",
+    "check_vectors",
+    "check_filter",
+    "now_iso",
+]
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+def check_user(user_id: Any) -> str:
+    if not isinstance(user_id, str) or not user_id.strip():
+        raise InvalidInput(f"user_id must be a non-empty string, got {user_id!r}")
+    return user_id
+
+
+def check_text(text: Any, what: str = "text") -> str:
+    if not isinstance(text, str):
+        raise InvalidInput(f"{what} must be a string, got {type(text).__name__}")
+    if not text.strip():
+        raise InvalidInput(f"{what} must not be empty or whitespace")
+    return text
+
+
+def check_id(memory_id: Any) -> int:
+    if isinstance(memory_id, bool):
+        raise InvalidInput(f"memory id must be an int, got {memory_id!r}")
+    try:
+        return operator.index(memory_id)  # int and numpy ints, not floats or strings
+    except TypeError:
+        raise InvalidInput(f"memory id must be an int, got {memory_id!r}") from None
+
+
+def check_k(k: Any) -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise InvalidInput(f"k must be an int >= 1, got {k!r}")
+    return int(k)
+
+
+def check_metadata(metadata: Any) -> str:
+    """Validate and serialise metadata to its stored JSON text."""
+    if metadata is None:
+        return "{}"
+    if not isinstance(metadata, dict):
+        raise InvalidInput(f"metadata must be a dict, got {type(metadata).__name__}")
+    if not all(isinstance(key, str) for key in metadata):
+        raise InvalidInput("metadata keys must be strings")
+    try:
+        return json.dumps(metadata, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"metadata must be JSON-serialisable: {exc}") from exc
+
+
+def check_timestamp(timestamp: Any) -> str:
+    """ISO-8601 string (conversation time) or datetime; None means now (UTC)."""
+    if timestamp is None:
+        return now_iso()
+    if isinstance(timestamp, datetime):
+        return timestamp.isoformat()
+    if not isinstance(timestamp, str):
+        raise InvalidInput(f"timestamp must be an ISO-8601 string, got {timestamp!r}")
+    try:
+        datetime.fromisoformat(timestamp)
+    except ValueError:
+        raise InvalidInput(f"timestamp is not ISO-8601: {timestamp!r}") from None
+    return timestamp
+
+
+def check_label(value: Any, what: str, *, optional: bool) -> str | None:
+    if value is None and optional:
+        return None
+    if not isinstance(value, str) or (not optional and not value):
+        raise InvalidInput(f"{what} must be a {'string or None' if optional else 'non-empty string'}, got {value!r}")
+    return value
+
+
+def check_vectors(vecs: Any, n: int, dim: int) -> np.ndarray:
+    """(n, dim) float32 with unit rows (re-normalised: callers' rounding drifts)."""
+    try:
+        arr = np.asarray(vecs, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"embeddings must be numeric: {exc}") from exc
+    if arr.ndim == 1 and n == 1:
+        arr = arr.reshape(1, -1)
+    if arr.ndim != 2:
+        raise InvalidInput(f"embeddings must be 2-D, got shape {arr.shape}")
+    if arr.shape[1] != dim:
+        raise EmbeddingDimensionMismatch(f"embedding width {arr.shape[1]} != store dim {dim}")
+    if arr.shape[0] != n:
+        raise InvalidInput(f"got {arr.shape[0]} embeddings for {n} texts")
+    if not np.isfinite(arr).all():
+        raise InvalidInput("embeddings contain NaN or inf")
+    norms = np.linalg.norm(arr, axis=1, keepdims=True)
+    if (norms == 0).any():
+        raise InvalidInput("embeddings must not be all-zero")
+    return np.ascontiguousarray(arr / norms, dtype=np.float32)
+
+
+def check_filter(metadata_filter: Any) -> list[tuple[str, str, list[Any]]]:
+    """Turn ``{"key": value}`` into parameterised SQL conditions over json_each.
+
+    json_each binds the key as a parameter (no JSON-path quoting issues) and
+    its ``type`` column keeps True distinct from 1 and "1".
+    """
+    if metadata_filter is None:
+        return []
+    if not isinstance(metadata_filter, dict):
+        raise InvalidInput(f"metadata_filter must be a dict or None, got {type(metadata_filter).__name__}")
+    out = []
+    for key, value in metadata_filter.items():
+        if not isinstance(key, str):
+            raise InvalidInput("metadata_filter keys must be strings")
+        if value is None:
+            out.append((key, "j.type = 'null'", []))
+        elif isinstance(value, bool):
+            out.append((key, "j.type = ?", ["true" if value else "false"]))
+        elif isinstance(value, str):
+            out.append((key, "j.type = 'text' AND j.value = ?", [value]))
+        elif isinstance(value, (int, float)):
+            out.append((key, "j.type IN ('integer', 'real') AND j.value = ?", [value]))
+        elif isinstance(value, (dict, list)):
+            out.append((key, "j.type IN ('object', 'array') AND j.value = json(?)",
+                        [json.dumps(value, ensure_ascii=False, separators=(",", ":"))]))
+        else:
+            raise InvalidInput(f"metadata_filter value for {key!r} must be JSON-like, got {type(value).__name__}")
+    return out

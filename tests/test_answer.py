@@ -1,0 +1,80 @@
+"""Answer Agent: retrieval split per speaker, prompt format and budget, answer parsing."""
+
+from __future__ import annotations
+
+import pytest
+
+from memory_agent.answer import AnswerAgent, parse_answer
+
+
+@pytest.mark.parametrize(
+    "raw, text, selected, valid",
+    [
+        ("Relevant: [1]\n**Answer:** Rome", "Rome", [1], True),
+        ("[0] and [2] help\n**Answer:** Paris, France\nmore rambling", "Paris, France", [0, 2], True),
+        ("Relevant: 0, 1\n**Answer**: tea", "tea", [0, 1], True),
+        ("Answer: tea", "tea", [], True),
+        ("[9] out of range\n**Answer:** x", "x", [], True),
+        ("I think\nRome", "Rome", [], False),
+        ("**Answer:**", "", [], False),
+        ("**Answer:** [2]", "[2]", [], False),
+        ("", "", [], False),
+    ],
+)
+def test_parse_answer(raw, text, selected, valid):
+    assert parse_answer(raw, 3) == (text, selected, valid)
+
+
+def _fill(store):
+    store.add("Alice lives in Paris", user_id="u", metadata={"speaker": "Alice"}, timestamp="2023-01-01T10:00:00")
+    store.add("Alice moved to Berlin", user_id="u", metadata={"speaker": "Alice"}, timestamp="2023-03-01T10:00:00")
+    store.add("Bob lives in Rome", user_id="u", metadata={"speaker": "Bob"}, timestamp="2023-02-01T10:00:00")
+    store.add("Bob likes jazz", user_id="u", metadata={"speaker": "Bob"}, timestamp="2023-02-05T10:00:00")
+    store.add("Bob has a cat", user_id="u", metadata={"speaker": "Bob"}, timestamp="2023-02-06T10:00:00")
+    store.add("other user secret", user_id="v", metadata={"speaker": "Bob"})
+
+
+def test_prompt_has_timestamps_oldest_first_and_small_ids(store, scripted):
+    _fill(store)
+    llm = scripted(["Relevant: [1]\n**Answer:** Berlin"])
+    ans = AnswerAgent(llm, store).answer("Where does Alice live?", "u")
+    prompt = llm.prompts[0][-1]["content"]
+    lines = [ln for ln in prompt.splitlines() if ln.startswith("[")]
+    assert lines[0].startswith("[0] 2023-01-01: ") and len(lines) == 5
+    dates = [ln.split(" ")[1] for ln in lines]
+    assert dates == sorted(dates)
+    assert "secret" not in prompt and prompt.endswith("Question: Where does Alice live?")
+    assert ans.valid and ans.text == "Berlin"
+    assert [m.text for m in ans.memories] == [lines[1].split(": ", 1)[1]]
+    assert len(ans.retrieved) == 5 and ans.raw.startswith("Relevant")
+
+
+def test_two_speakers_split_k(store, scripted):
+    _fill(store)
+    llm = scripted(["**Answer:** x"])
+    ans = AnswerAgent(llm, store, k=2).answer("where", "u")
+    assert sorted(m.metadata["speaker"] for m in ans.retrieved) == ["Alice", "Bob"]
+
+
+def test_budget_drops_least_relevant(store, scripted):
+    for i in range(40):
+        store.add(f"memory number {i} about many different long topics " * 3, user_id="u")
+    llm = scripted(["**Answer:** x"])
+    agent = AnswerAgent(llm, store, max_prompt_tokens=400)
+    hits = agent.retrieve("memory number 3", "u")
+    _, kept = agent.build("memory number 3", hits)
+    assert 0 < len(kept) < len(hits)
+    assert {h.id for h in kept} == {h.id for h in hits[: len(kept)]}  # the best ones survive
+
+
+def test_missing_marker_is_invalid_not_hidden(store, scripted):
+    _fill(store)
+    ans = AnswerAgent(scripted(["Berlin I guess"]), store).answer("Where?", "u")
+    assert not ans.valid and ans.text == "Berlin I guess"
+
+
+def test_answer_many_is_one_call(store, scripted):
+    _fill(store)
+    llm = scripted(["**Answer:** a", "**Answer:** b"])
+    out = AnswerAgent(llm, store).answer_many(["q1", "q2"], "u")
+    assert [a.text for a in out] == ["a", "b"] and [c["n"] for c in llm.calls] == [2]
