@@ -65,14 +65,22 @@ MANAGER_EXAMPLE: list[tuple[str, str]] = [
 
 ANSWER_MARKER = "**Answer:**"
 ANSWER_SYSTEM = (
-    "Answer the question using the memories. First copy the numbers of the memories "
-    f"that help, then write {ANSWER_MARKER} followed by a short answer."
+    "Answer the question from the memories. First copy the memory lines that "
+    f"answer it after 'Relevant:', then write {ANSWER_MARKER} and a short answer of a few words."
 )
+# The distilled memories are quoted with their text, not as bare numbers: with
+# numbers only, the 135M model echoed "[3]" as its answer. Two examples of
+# different answer types keep it from copying one example's answer.
 ANSWER_EXAMPLE: list[tuple[str, str]] = [
     (
-        "Memories:\n[0] 2023-05-01: Bob adopted a cat\n[1] 2023-06-02: Bob moved to Rome\n"
+        "Memories:\n[0] 2023-05-01: Bob adopted a cat named Tom\n[1] 2023-06-02: Bob moved to Rome\n"
         "Question: Where does Bob live?",
-        f"Relevant: [1]\n{ANSWER_MARKER} Rome",
+        f"Relevant: [1] 2023-06-02: Bob moved to Rome\n{ANSWER_MARKER} Rome",
+    ),
+    (
+        "Memories:\n[0] 2022-03-10: Ann ran a marathon\n[1] 2022-04-02: Ann likes tea\n"
+        "Question: When did Ann run a marathon?",
+        f"Relevant: [0] 2022-03-10: Ann ran a marathon\n{ANSWER_MARKER} 10 March 2022",
     ),
 ]
 

@@ -147,9 +147,9 @@ def test_manager_target(facts, shown, expected):
 
 def test_answer_target():
     mems = [_r(1, "Bob adopted a cat"), _r(2, "Bob moved to Rome")]
-    assert answer_target("Rome", mems) == "Relevant: [1]\n**Answer:** Rome"
+    assert answer_target("Rome", mems) == "Relevant: [1] Bob moved to Rome\n**Answer:** Rome"
     assert pipeline.parse_answer(answer_target("Rome", mems)) == "Rome"
-    assert answer_target("Paris", mems).startswith("Relevant: []")
+    assert answer_target("Paris", mems).startswith("Relevant: none")
 
 
 # ------------------------------------------------------------------ pipeline replay (scripted LLM)

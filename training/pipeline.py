@@ -36,6 +36,7 @@ __all__ = [
     "answer_text",
     "answer_retrieve",
     "answer_messages",
+    "answer_prompt",
     "manager_shown",
     "manager_messages",
     "parse_manager_ops",
@@ -87,8 +88,9 @@ class _TokenCounter:
         self.tokenizer = tokenizer
 
 
-def answer_messages(question: str, memories: Sequence[Any], *, llm: Any = None, tokenizer: Any = None) -> list[dict[str, str]]:
-    """The Answer Agent's prompt over ``memories`` (best first), as ``AnswerAgent.build`` makes it.
+def answer_prompt(question: str, memories: Sequence[Any], *, llm: Any = None, tokenizer: Any = None) -> tuple[list[dict[str, str]], list[Any]]:
+    """The Answer Agent's prompt over ``memories`` (best first), as ``AnswerAgent.build`` makes it,
+    with the memories it kept in display order (their prompt numbers are their positions).
 
     The token budget is counted with ``tokenizer`` (or ``llm.tokenizer``);
     without either, with the pipeline's ~4-characters-per-token estimate.
@@ -97,8 +99,12 @@ def answer_messages(question: str, memories: Sequence[Any], *, llm: Any = None, 
 
     counter = llm if tokenizer is None else _TokenCounter(tokenizer)
     agent = AnswerAgent(counter if counter is not None else _TokenCounter(None), None)
-    messages, _kept = agent.build(question, list(memories))
-    return messages
+    return agent.build(question, list(memories))
+
+
+def answer_messages(question: str, memories: Sequence[Any], *, llm: Any = None, tokenizer: Any = None) -> list[dict[str, str]]:
+    """Only the messages of :func:`answer_prompt`."""
+    return answer_prompt(question, memories, llm=llm, tokenizer=tokenizer)[0]
 
 
 # ------------------------------------------------------------------ Memory Manager

@@ -93,21 +93,28 @@ def manager_sft_rows(views: Sequence[TurnView]) -> list[dict[str, Any]]:
     return rows
 
 
-def answer_target(answer: str, memories: Sequence[BankRecord], max_refs: int = 3) -> str:
+def answer_target(answer: str, shown: Sequence[BankRecord], max_refs: int = 3) -> str:
+    """The well-formed reply for ``shown`` (the memories in prompt order): the
+    memories sharing most words with the gold answer, quoted as the prompt shows
+    them, then the marker and the answer."""
     gold = _words(str(answer))
-    scored = [(len(gold & _words(m.text)), i) for i, m in enumerate(memories)]
+    scored = [(len(gold & _words(m.text)), i) for i, m in enumerate(shown)]
     refs = sorted(i for score, i in sorted(scored, key=lambda t: (-t[0], t[1]))[:max_refs] if score > 0)
-    return f"Relevant: [{', '.join(map(str, refs))}]\n{pipeline.ANSWER_MARKER} {answer}"
+    quoted = "\n".join(_quote(i, shown[i]) for i in refs) or "none"
+    return f"Relevant: {quoted}\n{pipeline.ANSWER_MARKER} {answer}"
+
+
+def _quote(i: int, record: BankRecord) -> str:
+    date = str(record.created_at or "")[:10]
+    return f"[{i}] {date}: {record.text}" if date else f"[{i}] {record.text}"
 
 
 def answer_sft_rows(episodes: Sequence[AnswerEpisode], tokenizer: Any = None) -> list[dict[str, Any]]:
-    return [
-        {
-            "prompt": pipeline.answer_messages(e.question, e.memories, tokenizer=tokenizer),
-            "completion": [{"role": "assistant", "content": answer_target(e.answer, e.memories)}],
-        }
-        for e in episodes
-    ]
+    rows = []
+    for e in episodes:
+        messages, shown = pipeline.answer_prompt(e.question, e.memories, tokenizer=tokenizer)
+        rows.append({"prompt": messages, "completion": [{"role": "assistant", "content": answer_target(e.answer, shown)}]})
+    return rows
 
 
 def is_valid_manager(text: str, n_shown: int) -> bool:
