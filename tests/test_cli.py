@@ -114,3 +114,17 @@ def test_demo_refuses_non_empty_folder(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["demo", "--db", str(tmp_path / "full"), "--embedder", "hashing"])
     assert "not empty" in capsys.readouterr().err
+
+
+def test_every_registered_command_loads():
+    # The lazy groups import command modules on use: a broken one must fail here, not for a user.
+    import click
+
+    from memory_agent.cli import COMMANDS, cli
+    from memory_agent.cli.bench_cmds import BENCHMARKS, bench
+
+    ctx = click.Context(cli)
+    for name in COMMANDS:
+        assert isinstance(cli.get_command(ctx, name), click.Command), name
+    for name in BENCHMARKS:
+        assert isinstance(bench.get_command(click.Context(bench), name), click.Command), name
