@@ -20,9 +20,11 @@ cannot conflict - different memories, or only ADD/NOOP - batch freely.
 memory; with top-10 retrieval over a small store that re-asked nearly the
 whole wave after each UPDATE and made ingestion quadratic.)
 
-Validation beyond parsing: an UPDATE must share a content word with the
-memory it replaces (see :func:`_check_updates_related`), else the turn is
-rejected as invalid output - small models otherwise overwrite unrelated facts.
+Validation beyond parsing (:func:`memory_agent.operations.check_grounded`):
+written text must come from the turn's facts or the replaced memory, must not
+be a generation loop, and an UPDATE must share a content word with the memory
+it replaces; otherwise the turn is rejected as invalid output - small models
+otherwise overwrite good facts with invented text.
 
 Documented shortcut: when a turn retrieves nothing (the user has no memories
 yet), its facts are ADDed without a model call - there is nothing to update,
@@ -31,7 +33,6 @@ delete or duplicate. Turns without facts never reach the manager.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,7 +40,7 @@ from typing import Any
 from memory_agent.errors import InvalidInput, InvalidModelOutput, MemoryNotFound
 from memory_agent.extraction import Fact
 from memory_agent.llms.base import LLM
-from memory_agent.operations import AddOp, DeleteOp, NoopOp, UpdateOp, parse_operations
+from memory_agent.operations import AddOp, DeleteOp, NoopOp, UpdateOp, check_grounded, parse_operations
 from memory_agent.prompts import manager_messages
 
 __all__ = ["TurnFacts", "AppliedChange", "Skipped", "ManageOutcome", "MemoryManager", "MANAGER_MAX_NEW_TOKENS"]
@@ -90,38 +91,6 @@ class ManageOutcome:
     direct_turns: int = 0
     waves: int = 0
     redecided: int = 0  # turns re-asked because an earlier turn of the wave changed what they saw
-
-
-_WORD = re.compile(r"[a-z0-9]+")
-_STOP = frozenset(
-    "a an the and or but to of in on at for with from by is are was were be been has have had do does did "
-    "i me my we our you your he him his she her they them their it its this that not no so very just also "
-    "now again still new".split()
-)
-
-
-def _content(text: str, ignore: set[str]) -> set[str]:
-    return {w for w in _WORD.findall(text.casefold()) if w not in _STOP and w not in ignore and len(w) > 2}
-
-
-def _check_updates_related(ops: list, hits: list, speaker: str, raw: str) -> None:
-    """An UPDATE must be about the memory it replaces.
-
-    Small models often "UPDATE" an unrelated memory (overwriting "Nikhil took up
-    pottery" with "Maya has been dating Alex"), which silently destroys a fact.
-    An update that shares no content word (names included) with the old text is
-    not an update; the turn's output is rejected as invalid. The check is
-    deliberately loose - "Alice moved to Berlin" -> "Alice lives in Munich" is a
-    real update that shares only the name - so it stops cross-topic and
-    cross-person overwrites without second-guessing plausible ones.
-    """
-    for op in ops:
-        if isinstance(op, UpdateOp):
-            old = hits[op.id]
-            if not _content(op.text, set()) & _content(old.text, set()):
-                raise InvalidModelOutput(
-                    f"UPDATE {op.id} replaces {old.text!r} with unrelated text {op.text!r}", raw
-                )
 
 
 class MemoryManager:
@@ -203,7 +172,7 @@ class MemoryManager:
                     outcome.skipped.append(Skipped("manage", item.dia_id, exc.args[0], raw))
                     continue
                 try:
-                    _check_updates_related(ops, hits, item.speaker, raw)
+                    check_grounded(ops, item.facts, [h.text for h in hits], raw)
                 except InvalidModelOutput as exc:
                     outcome.skipped.append(Skipped("manage", item.dia_id, exc.args[0], raw))
                     continue

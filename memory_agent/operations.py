@@ -20,6 +20,12 @@ around the answer, single quotes, trailing commas, lower-case op names,
 range, ADD/UPDATE need text, one id cannot be touched twice, and anything it
 cannot read raises :class:`~memory_agent.errors.InvalidModelOutput` with the
 raw text. It never guesses a NOOP from garbage.
+
+:func:`check_grounded` is the second, semantic gate (it needs the facts and
+the shown memories, which the parser does not see): the text an operation
+writes must come from what the model was given. The Memory Manager and the
+training reward both call it, so RL optimises the same rule the product
+enforces.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ __all__ = [
     "ManagerOp",
     "MAX_MEMORY_CHARS",
     "parse_operations",
+    "check_grounded",
     "format_operations",
 ]
 
@@ -121,6 +128,73 @@ def parse_operations(raw: str, n_shown: int) -> list[AddOp | UpdateOp | DeleteOp
     else:
         ops = _parse_lines(text, raw)
     return _validate(ops, n_shown, raw)
+
+
+_WORD = re.compile(r"[a-z0-9]+")
+_STOP = frozenset(
+    "a an the and or but to of in on at for with from by is are was were be been has have had do does did "
+    "i me my we our you your he him his she her they them their it its this that not no so very just also "
+    "now again still new".split()
+)
+# Share of an operation's content words that must appear in its sources.
+GROUNDED_SHARE = 0.5
+
+
+def _content(text: str) -> list[str]:
+    return [w for w in _WORD.findall(text.casefold()) if w not in _STOP and len(w) > 2]
+
+
+def _stem(word: str) -> str:
+    # Five-letter prefixes: "loves"/"loved", "moving"/"moved" match; no dictionary needed.
+    return word[:5]
+
+
+def _degenerate(text: str) -> bool:
+    """A generation loop: some 4-word sequence occurs twice (one fact never needs that)."""
+    words = _WORD.findall(text.casefold())
+    grams: dict[tuple[str, ...], int] = {}
+    for i in range(len(words) - 3):
+        key = tuple(words[i : i + 4])
+        grams[key] = grams.get(key, 0) + 1
+        if grams[key] >= 2:
+            return True
+    return False
+
+
+def check_grounded(ops: list, facts: list[str] | tuple[str, ...], shown: list[str], raw: str) -> None:
+    """Reject operations whose text did not come from the turn (raises ``InvalidModelOutput``).
+
+    A manager only files what it was told. Small models, unchecked, loop
+    ("Maria loves a banana. She loves a banana. ...") and "UPDATE" a memory
+    with unrelated invented text, destroying a stored fact. So:
+
+    * no ADD/UPDATE text may be a generation loop;
+    * at least half of an ADD's content words must occur in the new facts,
+      and of an UPDATE's in the new facts or the memory it replaces (a merge
+      may reword both, not invent);
+    * an UPDATE must share a content word with the memory it replaces
+      ("Alice moved to Berlin" -> "Alice lives in Munich" shares the name
+      and passes; an overwrite of another person's or topic's memory fails).
+
+    ``shown`` are the shown memories' texts in prompt order (small id = index).
+    """
+    fact_words = {_stem(w) for f in facts for w in _content(f)}
+    for op in ops:
+        if not isinstance(op, (AddOp, UpdateOp)):
+            continue
+        if _degenerate(op.text):
+            raise InvalidModelOutput(f"{op.op} text repeats itself (a generation loop): {op.text[:80]!r}", raw)
+        words = [_stem(w) for w in _content(op.text)]
+        sources = set(fact_words)
+        if isinstance(op, UpdateOp):
+            old = {_stem(w) for w in _content(shown[op.id])}
+            if not old & set(words):
+                raise InvalidModelOutput(
+                    f"UPDATE {op.id} replaces {shown[op.id]!r} with unrelated text {op.text!r}", raw
+                )
+            sources |= old
+        if words and sum(w in sources for w in words) / len(words) < GROUNDED_SHARE:
+            raise InvalidModelOutput(f"{op.op} text is not from the given facts or memory: {op.text!r}", raw)
 
 
 def format_operations(ops: list[AddOp | UpdateOp | DeleteOp | NoopOp]) -> str:

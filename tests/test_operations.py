@@ -84,3 +84,33 @@ def test_models_are_strict():
         AddOp(text="x", extra=1)
     with pytest.raises(ValueError):
         UpdateOp(id=-1, text="x")
+
+
+FACTS = ["Maria adopted a puppy named Coco", "Maria moved to Denver"]
+SHOWN = ["Maria lives in Boston", "John likes jazz"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "ok"),
+    [
+        ("ADD: Maria adopted a puppy named Coco", True),
+        ("UPDATE 0: Maria lives in Denver", True),  # merge: words from the fact and the old memory
+        ("ADD: Maria adopted a puppy called Coco", True),  # one invented word of four is fine
+        ("NOOP", True),
+        ("DELETE 1", True),
+        ("ADD: Maria loves a banana", False),  # invented
+        ("UPDATE 0: Maria loves making pizza with her family", False),  # shares only the name
+        ("UPDATE 1: Maria moved to Denver", False),  # overwrites another topic's memory
+        ("ADD: Maria moved to Denver. She moved to Denver. She moved to Denver.", False),  # loop
+    ],
+)
+def test_check_grounded_table(raw, ok):
+    from memory_agent.operations import check_grounded
+
+    ops = parse_operations(raw, len(SHOWN))
+    if ok:
+        check_grounded(ops, FACTS, SHOWN, raw)
+    else:
+        with pytest.raises(InvalidModelOutput) as info:
+            check_grounded(ops, FACTS, SHOWN, raw)
+        assert info.value.raw == raw

@@ -254,3 +254,16 @@ def test_manager_reward_needs_its_columns(scripted, embedder):
     reward = ManagerReward(scripted(default="x"), embedder=embedder)
     with pytest.raises(ValueError, match="shown"):
         reward(["NOOP"], bank=[BANK], questions=[["q"]], answers=[["a"]])
+
+
+def test_manager_reward_applies_the_pipelines_grounding_rule(scripted, embedder):
+    """With the ``facts`` column, invented text scores 0 and is counted invalid, as the
+    MemoryManager would refuse it; the same completion grounded in the facts scores."""
+    llm = scripted(default="x")
+    llm.generate = lambda batch, **kw: [_answer_from_memories(m) for m in batch]
+    reward = ManagerReward(llm, embedder=embedder)
+    cols = _columns(2)
+    cols["facts"] = [json.dumps(["Alice moved to Berlin"])] * 2
+    out = reward(["UPDATE 0: Alice lives in Berlin", "UPDATE 0: Alice lives in Berlin, loves bananas, mangoes, kiwis and melons"], **cols)
+    assert out == [1.0, 0.0]
+    assert reward.counter.total == 2 and reward.counter.rate == 0.5

@@ -126,11 +126,26 @@ def manager_messages(facts: Sequence[str], shown: Sequence[Any]) -> list[dict[st
     return prompts.manager_messages(list(facts), [m if isinstance(m, str) else m.text for m in shown])
 
 
-def parse_manager_ops(raw: str, n_shown: int) -> list[Any]:
-    """The pipeline's parser, after the pipeline's stop rule (text after a blank line is never seen)."""
-    from memory_agent.operations import parse_operations
+def parse_manager_ops(raw: str, n_shown: int, facts: Sequence[str] | None = None,
+                      shown: Sequence[Any] | None = None) -> list[Any]:
+    """The pipeline's parser, after the pipeline's stop rule (text after a blank line is never seen),
+    then - given the turn's ``facts`` and the ``shown`` memories (records, dicts or texts) - the
+    pipeline's grounding check, so a reward accepts exactly what ``MemoryManager`` would apply."""
+    from memory_agent.operations import check_grounded, parse_operations
 
-    return list(parse_operations(truncate_at_stop(raw or "", MANAGER_STOP), n_shown))
+    text = truncate_at_stop(raw or "", MANAGER_STOP)
+    ops = list(parse_operations(text, n_shown))
+    if facts is not None and shown is not None:
+        check_grounded(ops, list(facts), [_text_of(m) for m in shown], text)
+    return ops
+
+
+def _text_of(memory: Any) -> str:
+    if isinstance(memory, str):
+        return memory
+    if isinstance(memory, dict):
+        return str(memory["text"])
+    return str(memory.text)
 
 
 def apply_manager_ops(

@@ -248,10 +248,12 @@ class ManagerReward:
         self.last_answers: list[tuple[int, str, Any]] = []
 
     def apply(
-        self, text: str, shown: list[dict], base: SnapshotBank, timestamp: str | None, speaker: str | None = None
+        self, text: str, shown: list[dict], base: SnapshotBank, timestamp: str | None, speaker: str | None = None,
+        facts: list[str] | None = None,
     ) -> SnapshotBank:
-        """Parse ``text`` and apply it to a copy of ``base``; raises InvalidModelOutput."""
-        ops = pipeline.parse_manager_ops(text, len(shown))
+        """Parse ``text`` (and, given ``facts``, check it is grounded as the pipeline does) and
+        apply it to a copy of ``base``; raises InvalidModelOutput."""
+        ops = pipeline.parse_manager_ops(text, len(shown), facts, shown if facts is not None else None)
         bank = base.copy()
         pipeline.apply_manager_ops(bank, ops, [int(m["id"]) for m in shown], timestamp or None, speaker or None)
         return bank
@@ -270,6 +272,7 @@ class ManagerReward:
                 raise ValueError(f"{self.__name__} needs the dataset column {col!r}")
         timestamps = kwargs.get("timestamp") or [None] * len(completions)
         speakers = kwargs.get("speaker") or [None] * len(completions)
+        facts = kwargs.get("facts") or [None] * len(completions)
         rewards = [0.0] * len(completions)
         ok: list[bool] = []
         batch: list[list[dict[str, str]]] = []
@@ -279,7 +282,8 @@ class ManagerReward:
             text = completion_text(completion)
             shown_i = _as_list(shown[i])
             try:
-                after = self.apply(text, shown_i, self.banks.get(bank[i]), timestamps[i], speakers[i])
+                facts_i = _as_list(facts[i]) if facts[i] is not None else None
+                after = self.apply(text, shown_i, self.banks.get(bank[i]), timestamps[i], speakers[i], facts_i)
             except InvalidModelOutput:
                 self.counter.record(False, text)
                 ok.append(False)

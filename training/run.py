@@ -177,7 +177,8 @@ def _cold_start(config: MemoryGRPOConfig, conversations, episodes, base: Path, o
 
     def probe_check(i: int, text: str) -> bool:
         if config.task == "manager":
-            return sft.is_valid_manager(text, len(json.loads(probe[i]["shown"])))
+            shown = json.loads(probe[i]["shown"])
+            return sft.is_valid_manager(text, len(shown), json.loads(probe[i]["facts"]), shown)
         return sft.is_valid_answer(text)
 
     def rate(path: Path) -> float | None:

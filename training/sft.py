@@ -117,9 +117,10 @@ def answer_sft_rows(episodes: Sequence[AnswerEpisode], tokenizer: Any = None) ->
     return rows
 
 
-def is_valid_manager(text: str, n_shown: int) -> bool:
+def is_valid_manager(text: str, n_shown: int, facts: Sequence[str] | None = None,
+                     shown: Sequence[Any] | None = None) -> bool:
     try:
-        pipeline.parse_manager_ops(text, n_shown)
+        pipeline.parse_manager_ops(text, n_shown, facts, shown)
     except InvalidModelOutput:
         return False
     return True
