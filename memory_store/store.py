@@ -300,13 +300,13 @@ class MemoryStore:
 
     # ---- writes --------------------------------------------------------------------
 
-    def add(self, text: str, user_id: str = "u1", metadata: dict[str, Any] | None = None, *,
+    def add(self, text: str, user_id: str, metadata: dict[str, Any] | None = None, *,
             timestamp: str | None = None, actor: str = "user", source: str | None = None) -> int:
         """Add one memory; returns its database id."""
         return self.add_many([text], user_id, metadatas=[metadata], timestamps=[timestamp],
                              actor=actor, source=source)[0]
 
-    def add_many(self, texts: Sequence[str], user_id: str = "u1", *, embeddings: Any = None,
+    def add_many(self, texts: Sequence[str], user_id: str, *, embeddings: Any = None,
                  metadatas: Sequence[dict[str, Any] | None] | None = None,
                  timestamps: Sequence[str | None] | None = None, actor: str = "user",
                  source: str | None = None) -> list[int]:
@@ -328,7 +328,7 @@ class MemoryStore:
         plan = [("ADD", t, m, v, s) for t, m, v, s in zip(texts, metas, vecs, stamps)]
         return [a.id for a in self._commit(user_id, plan, actor, source, stamps[0])[0]]
 
-    def update(self, memory_id: int, text: str, user_id: str = "u1", *, timestamp: str | None = None,
+    def update(self, memory_id: int, text: str, user_id: str, *, timestamp: str | None = None,
                actor: str = "user", source: str | None = None) -> MemoryRecord:
         """Replace a memory's text (re-embedded); returns the updated record."""
         mid, user_id, text = check_id(memory_id), check_user(user_id), check_text(text)
@@ -339,7 +339,7 @@ class MemoryStore:
         old = before[mid]  # the new record, built from the same transaction's view
         return _record((old[0], old[1], text, old[3], ts, old[5], _sha(text)))
 
-    def delete(self, memory_id: int, user_id: str = "u1", *, actor: str = "user",
+    def delete(self, memory_id: int, user_id: str, *, actor: str = "user",
                source: str | None = None) -> MemoryRecord:
         """Delete a memory; returns the record as it was."""
         mid, user_id = check_id(memory_id), check_user(user_id)
@@ -347,7 +347,7 @@ class MemoryStore:
         _, before = self._commit(user_id, [("DELETE", mid)], actor, source, check_timestamp(None))
         return _record(before[mid])  # read inside the deleting transaction: exactly what was deleted
 
-    def apply(self, ops: Sequence[Any], user_id: str = "u1", *, actor: str = "agent", source: str | None = None,
+    def apply(self, ops: Sequence[Any], user_id: str, *, actor: str = "agent", source: str | None = None,
               timestamp: str | None = None) -> list[AppliedOp]:
         """Apply a batch of Add/Update/Delete/Noop in ONE transaction: all land or none.
 
@@ -395,7 +395,7 @@ class MemoryStore:
 
     # ---- reads ---------------------------------------------------------------------
 
-    def get(self, memory_id: int, user_id: str = "u1") -> MemoryRecord:
+    def get(self, memory_id: int, user_id: str) -> MemoryRecord:
         mid, user_id = check_id(memory_id), check_user(user_id)
         with self._lock:
             if self._closed:
@@ -406,7 +406,7 @@ class MemoryStore:
             raise MemoryNotFound(mid, user_id)
         return _record(row)
 
-    def list(self, user_id: str = "u1") -> list[MemoryRecord]:
+    def list(self, user_id: str) -> list[MemoryRecord]:
         """All of the user's memories, oldest first (created_at, then id)."""
         user_id = check_user(user_id)
         with self._lock:
@@ -416,7 +416,7 @@ class MemoryStore:
                 f"SELECT {_COLS} FROM memories WHERE user_id = ? ORDER BY created_at, id", [user_id]).fetchall()
         return [_record(r) for r in rows]
 
-    def history(self, memory_id: int, user_id: str = "u1") -> list[HistoryEntry]:
+    def history(self, memory_id: int, user_id: str) -> list[HistoryEntry]:
         """Events of one memory (also after its deletion), oldest first."""
         mid, user_id = check_id(memory_id), check_user(user_id)
         with self._lock:
@@ -439,14 +439,14 @@ class MemoryStore:
             return int(self._db.conn.execute("SELECT count(*) FROM memories WHERE user_id = ?",
                                              [check_user(user_id)]).fetchone()[0])
 
-    def search(self, query: str, user_id: str = "u1", k: int = 5,
+    def search(self, query: str, user_id: str, k: int = 5,
                metadata_filter: dict[str, Any] | None = None) -> list[SearchHit]:
         """The user's k memories most similar to ``query``, best first."""
         query, user_id, k = check_text(query, "query"), check_user(user_id), check_k(k)
         check_filter(metadata_filter)
         return self.search_vector(self._embed([query])[0], user_id, k, metadata_filter)
 
-    def search_vector(self, vec: Any, user_id: str = "u1", k: int = 5,
+    def search_vector(self, vec: Any, user_id: str, k: int = 5,
                       metadata_filter: dict[str, Any] | None = None) -> list[SearchHit]:
         """Like ``search`` with a precomputed query vector (re-normalised)."""
         user_id, k = check_user(user_id), check_k(k)

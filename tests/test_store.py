@@ -298,3 +298,13 @@ def test_sub_index_remove_matches_brute_force(kind):
             else:
                 assert len(set(ids.tolist()) & set(exact.tolist())) >= 8
     assert set(idx.owner) == alive and len(idx) == len(alive)
+
+
+def test_user_id_is_required_everywhere(store):
+    """No method falls back to a default user: forgetting user_id is a TypeError, not a write to someone's memory."""
+    mid = store.add("Alice lives in Paris", "alice")
+    for call in (lambda: store.add("x"), lambda: store.get(mid), lambda: store.search("Paris"),
+                 lambda: store.delete(mid), lambda: store.history(mid), lambda: store.list()):
+        with pytest.raises(TypeError):
+            call()
+    assert store.count() == 1

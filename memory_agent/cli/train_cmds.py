@@ -45,14 +45,18 @@ __all__ = ["train"]
 @click.option("--max-episodes", type=int, default=None, help="Use at most N training episodes.")
 @click.option("--max-turns", type=int, default=None, help="Replay at most N turns per conversation.")
 @click.option("--cold-start/--no-cold-start", default=None, help="Short SFT on well-formed outputs before GRPO.")
+@click.option("--cold-start-steps", "cold_start_max_steps", type=int, default=None,
+              help="SFT steps of the cold start (overrides the recipe).")
+@click.option("--retrieve-k", type=int, default=None,
+              help="Memories in the Answer Agent's prompt (the pipeline uses 60; the CPU recipe 10).")
 @click.option("--lora/--full", "use_lora", default=None, help="LoRA adapter (default) or full fine-tuning.")
 @click.option("--merge/--no-merge", "merge_adapter", default=None, help="Save merged full weights instead of an adapter.")
 @click.option("--seed", type=int, default=None)
 @click.option("--threads", "cpu_threads", type=int, default=None, help="torch CPU threads (1 is best on a busy CPU).")
 @click.option("--json", "as_json", is_flag=True, help="Print train_summary.json to stdout.")
 def train(task, data, val, val_limit, out_dir, config_file, max_steps, device, model, manager_model, answer_model,
-          bank_source, embedder, reward_metric, max_episodes, max_turns, cold_start, use_lora, merge_adapter,
-          seed, cpu_threads, as_json):
+          bank_source, embedder, reward_metric, max_episodes, max_turns, cold_start, cold_start_max_steps, retrieve_k,
+          use_lora, merge_adapter, seed, cpu_threads, as_json):
     """Train the Memory Manager or the Answer Agent with GRPO (TRL)."""
     from training.config import load_config
     from training.run import train as run_train
@@ -72,6 +76,8 @@ def train(task, data, val, val_limit, out_dir, config_file, max_steps, device, m
         max_episodes=max_episodes,
         max_turns=max_turns,
         cold_start=cold_start,
+        cold_start_max_steps=cold_start_max_steps,
+        retrieve_k=retrieve_k,
         use_lora=use_lora,
         merge_adapter=merge_adapter,
         seed=seed,
