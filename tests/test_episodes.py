@@ -203,3 +203,13 @@ def test_pipeline_replay_final_bank_for_answer_episodes(convs, embedder, scripte
     episodes = answer_episodes(convs[:1], replay, embedder, retrieve_k=60)
     assert len(episodes) == len(convs[0].questions())
     assert all(len(ep.memories) <= 60 for ep in episodes)
+
+
+def test_answer_target_stays_short_enough_for_the_answer_budget():
+    long = _r(1, "Bob moved to Rome " + "and liked the food there very much " * 10)
+    mems = [long, _r(2, "Bob moved to Rome with his sister Ann")]
+    target = answer_target("Rome", mems)
+    assert target.count("\n") == 1  # one quoted memory, then the answer line
+    first = target.splitlines()[0]
+    assert len(first) <= len("Relevant: [1] ") + 100 and first.endswith("...")
+    assert pipeline.parse_answer(target) == "Rome"

@@ -93,20 +93,25 @@ def manager_sft_rows(views: Sequence[TurnView]) -> list[dict[str, Any]]:
     return rows
 
 
-def answer_target(answer: str, shown: Sequence[BankRecord], max_refs: int = 3) -> str:
+def answer_target(answer: str, shown: Sequence[BankRecord], max_refs: int = 1, max_quote_chars: int = 100) -> str:
     """The well-formed reply for ``shown`` (the memories in prompt order): the
     memories sharing most words with the gold answer, quoted as the prompt shows
-    them, then the marker and the answer."""
+    them (cut to ``max_quote_chars``), then the marker and the answer.
+
+    One short quote by default: the pipeline gives the Answer Agent 64 new
+    tokens, and a target that quotes three long memories would teach the model
+    to run out of tokens before the marker."""
     gold = _words(str(answer))
     scored = [(len(gold & _words(m.text)), i) for i, m in enumerate(shown)]
     refs = sorted(i for score, i in sorted(scored, key=lambda t: (-t[0], t[1]))[:max_refs] if score > 0)
-    quoted = "\n".join(_quote(i, shown[i]) for i in refs) or "none"
+    quoted = "\n".join(_quote(i, shown[i], max_quote_chars) for i in refs) or "none"
     return f"Relevant: {quoted}\n{pipeline.ANSWER_MARKER} {answer}"
 
 
-def _quote(i: int, record: BankRecord) -> str:
+def _quote(i: int, record: BankRecord, max_chars: int) -> str:
     date = str(record.created_at or "")[:10]
-    return f"[{i}] {date}: {record.text}" if date else f"[{i}] {record.text}"
+    text = record.text if len(record.text) <= max_chars else record.text[: max_chars - 3].rstrip() + "..."
+    return f"[{i}] {date}: {text}" if date else f"[{i}] {text}"
 
 
 def answer_sft_rows(episodes: Sequence[AnswerEpisode], tokenizer: Any = None) -> list[dict[str, Any]]:
