@@ -4,7 +4,10 @@ One JSON object per line: ``id, user_id, text, created_at, updated_at,
 metadata, hash`` plus optional ``history`` (list of events) and optional
 ``embedding`` (list of floats). Import keeps ids, timestamps, metadata and
 history; it re-embeds texts with the store's embedder unless every line
-carries an embedding of the store's width. The whole import is one
+carries an embedding of the store's width. With history, a deleted memory
+is exported too, as ``{"deleted": true, "id", "user_id", "history"}`` (its
+events are part of what was committed); import restores those events, and
+the id sequence moves past them so a new memory never reuses a deleted id. The whole import is one
 transaction and is validated (including id collisions with rows already in
 the target store) before anything is written.
 """
@@ -61,14 +64,35 @@ def export_jsonl(store: "MemoryStore", path: str | Path, *, user_id: str | None 
                         item["embedding"] = np.frombuffer(row[7], dtype=np.float32).tolist()
                     fh.write(json.dumps(item, ensure_ascii=False) + "\n")
                     n += 1
+                if include_history:
+                    for item in _deleted(conn, user_id):
+                        fh.write(json.dumps(item, ensure_ascii=False) + "\n")
         finally:
             conn.execute("COMMIT")
     tmp.replace(path)
     return n
 
 
-def _parse(path: str | Path) -> list[dict[str, Any]]:
-    items = []
+def _deleted(conn: Any, user_id: str | None) -> list[dict[str, Any]]:
+    """History of memories that no longer exist (deleted), one item per memory id."""
+    sql = ("SELECT memory_id, user_id, event, old_text, new_text, actor, source, at FROM history"
+           " WHERE memory_id NOT IN (SELECT id FROM memories)")
+    params: list[Any] = []
+    if user_id is not None:
+        sql += " AND user_id = ?"
+        params.append(user_id)
+    out: list[dict[str, Any]] = []
+    rows = conn.execute(sql + " ORDER BY memory_id, id", params).fetchall()
+    for (mid, uid), group in groupby(rows, key=lambda r: (r[0], r[1])):
+        out.append({"deleted": True, "id": mid, "user_id": uid, "history": [
+            {"event": h[2], "old_text": h[3], "new_text": h[4], "actor": h[5], "source": h[6], "at": h[7]}
+            for h in group]})
+    return out
+
+
+def _parse(path: str | Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    items: list[dict[str, Any]] = []
+    deleted: list[dict[str, Any]] = []
     with open(path, encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
@@ -84,6 +108,12 @@ def _parse(path: str | Path) -> list[dict[str, Any]]:
                 if isinstance(mid, bool) or not isinstance(mid, int) or mid < 1:
                     raise InvalidInput(f"{path}:{lineno}: id must be a positive int")
                 check_user(item["user_id"])
+                if item.get("deleted") is True:
+                    for h in item.get("history") or []:
+                        if not isinstance(h, dict) or h.get("event") not in _EVENTS or not h.get("at"):
+                            raise InvalidInput(f"{path}:{lineno}: bad history entry {h!r}")
+                    deleted.append(item)
+                    continue
                 check_text(item["text"])
                 item["created_at"] = check_timestamp(item.get("created_at"))
                 item["updated_at"] = check_timestamp(item.get("updated_at") or item["created_at"])
@@ -94,23 +124,25 @@ def _parse(path: str | Path) -> list[dict[str, Any]]:
                 if not isinstance(h, dict) or h.get("event") not in _EVENTS:
                     raise InvalidInput(f"{path}:{lineno}: bad history entry {h!r}")
             items.append(item)
-    ids = [i["id"] for i in items]
+    ids = [i["id"] for i in items + deleted]
     if len(set(ids)) != len(ids):
         raise InvalidInput(f"{path}: duplicate ids")
-    return items
+    return items, deleted
 
 
 def import_jsonl(store: "MemoryStore", path: str | Path) -> int:
-    """Load an export into ``store`` in one transaction; returns the count."""
+    """Load an export into ``store`` in one transaction; returns the count of (live) memories."""
     from memory_store.store import _sha
 
-    items = _parse(path)
-    if not items:
+    items, deleted = _parse(path)
+    if not items and not deleted:
         return 0
-    if all("embedding" in i for i in items):
+    if items and all("embedding" in i for i in items):
         vecs = check_vectors([i["embedding"] for i in items], len(items), store.dim)
-    else:
+    elif items:
         vecs = store._embed([i["text"] for i in items])
+    else:
+        vecs = np.zeros((0, store.dim), dtype=np.float32)
     rows, history = [], []
     for item, vec in zip(items, vecs):
         text = item["text"]
@@ -122,6 +154,10 @@ def import_jsonl(store: "MemoryStore", path: str | Path) -> int:
         for h in events:
             history.append((item["id"], item["user_id"], h["event"], h.get("old_text"), h.get("new_text"),
                             str(h.get("actor") or "import"), h.get("source"), str(h.get("at") or item["created_at"])))
+    for item in deleted:
+        for h in item.get("history") or []:
+            history.append((item["id"], item["user_id"], h["event"], h.get("old_text"), h.get("new_text"),
+                            str(h.get("actor") or "import"), h.get("source"), str(h["at"])))
     with store._lock:
         if store._closed:
             raise StoreError("store is closed")
@@ -129,10 +165,13 @@ def import_jsonl(store: "MemoryStore", path: str | Path) -> int:
         with schema.write_txn(store._db):
             store._catch_up()
             ids = [r[0] for r in rows]
-            for start in range(0, len(ids), 900):
-                part = ids[start : start + 900]
-                hit = conn.execute(f"SELECT id FROM memories WHERE id IN ({','.join('?' * len(part))})",
-                                   part).fetchone()
+            all_ids = ids + [d["id"] for d in deleted]
+            for start in range(0, len(all_ids), 900):
+                part = all_ids[start : start + 900]
+                marks = ",".join("?" * len(part))
+                hit = conn.execute(f"SELECT id FROM memories WHERE id IN ({marks}) UNION ALL "
+                                   f"SELECT memory_id FROM history WHERE memory_id IN ({marks}) LIMIT 1",
+                                   part + part).fetchone()
                 if hit is not None:
                     raise InvalidInput(f"id {hit[0]} already exists in {store.path}; import into an empty store")
             conn.executemany("INSERT INTO memories (id, user_id, text, created_at, updated_at, metadata, hash,"
@@ -140,6 +179,12 @@ def import_jsonl(store: "MemoryStore", path: str | Path) -> int:
             conn.executemany("INSERT INTO history (memory_id, user_id, event, old_text, new_text, actor, source,"
                              " at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", history)
             conn.executemany("INSERT INTO changes (memory_id) VALUES (?)", [(i,) for i in ids])
+            # AUTOINCREMENT only tracks ids inserted into memories; deleted ids must not come back.
+            top = max(all_ids)
+            if conn.execute("SELECT 1 FROM sqlite_sequence WHERE name = 'memories'").fetchone() is None:
+                conn.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('memories', ?)", [top])
+            else:
+                conn.execute("UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = 'memories'", [top])
             new_seq = schema.current_seq(store._db)
         order = sorted(range(len(rows)), key=lambda j: rows[j][1])
         try:

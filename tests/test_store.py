@@ -228,8 +228,12 @@ def test_export_import_roundtrip(tmp_path, embedder):
         assert [(h.event, h.old_text, h.new_text, h.source) for h in dst.history(a, "u1")] == [
             (h.event, h.old_text, h.new_text, h.source) for h in src.history(a, "u1")]
         assert dst.search("Lyon", "u1", k=1)[0].id == a and dst.get(b, "u2").text == "Bob likes 寿司"
+        # The deleted memory's events came along, and its id is never handed out again.
+        assert [h.event for h in dst.history(gone, "u1")] == ["ADD", "DELETE"]
+        with pytest.raises(MemoryNotFound):
+            dst.history(gone, "u2")
         nxt = dst.add("after import", "u1")
-        assert nxt > b  # ids keep growing after the imported ones
+        assert nxt > gone > b  # ids keep growing after the imported ones, deleted ones included
         with pytest.raises(InvalidInput):  # importing again collides on ids: nothing changes
             dst.import_jsonl(dump, tmp_path / f"dst{emb}", embedder=embedder)
         assert dst.count() == 3
