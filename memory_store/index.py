@@ -14,9 +14,9 @@ with no selector and no over-fetching when one user dominates the store.
   Single-query search is a BLAS matrix-vector product over the index storage
   (measured faster than ``IndexFlat.search`` for one query on 2 cores).
 * ``hnsw``: ``IndexHNSWFlat(M=32, METRIC_INNER_PRODUCT)``, efConstruction 128
-  (FAISS's default of 40 builds ~4x faster but a poorer graph: on the clustered
-  benchmark vectors at 300k, recall@10 0.96 at efSearch 128 with 40 against 1.00
-  at efSearch 64 with 128; at 1M the gap widens). FAISS cannot remove
+  (FAISS's default of 40 builds ~4x faster but a poorer graph: at 1M clustered
+  benchmark vectors recall@10 was 0.85 with 40 and 1.00 with 128, both at
+  efSearch 128; see docs/store.md). FAISS cannot remove
   from HNSW, so deletes and the old vector of an update become tombstones,
   filtered at search time with an ``IDSelectorBitmap`` of live positions
   (updated in place, one bit per delete) and an exact fallback when the filter leaves fewer than k; a user's graph is
