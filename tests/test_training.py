@@ -271,7 +271,7 @@ def cli_runs(runs, tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
     # The CPU recipe, shrunk: the point is the wiring, not the learning.
     recipe = dict(read_recipe("cpu_smollm2.yaml"), max_completion_length=8, num_generations=2,
-                  per_device_train_batch_size=2, retrieve_k=8, max_episodes=4)
+                  per_device_train_batch_size=2, gradient_accumulation_steps=1, retrieve_k=8, max_episodes=4)
     (root / "tiny.yaml").write_text(yaml.safe_dump(recipe))
     out = {}
     for task in ("manager", "answer"):

@@ -177,7 +177,11 @@ def run_sft(
         output_dir=str(out / "_sft"),
         max_steps=max_steps,
         learning_rate=learning_rate,
-        per_device_train_batch_size=batch_size,
+        # One sequence per forward pass, accumulated to ``batch_size``: answer prompts with 60
+        # memories are ~1,900 tokens, and four of them in one pass need ~16 GB of activations
+        # on a CPU (the first CPU run was OOM-killed); the update is the same.
+        per_device_train_batch_size=1,
+        gradient_accumulation_steps=batch_size,
         seed=seed,
         logging_steps=5,
         save_strategy="no",
