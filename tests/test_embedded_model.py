@@ -57,3 +57,31 @@ def test_smollm2_end_to_end(smollm, tmp_path):
     ans = mem.answer("What is the name of Alice's puppy?", user_id="u")
     assert isinstance(ans.text, str) and isinstance(ans.valid, bool) and ans.raw
     assert mem.stats["turns"] == 3 and mem.stats["answers"] == 1
+
+
+@pytest.mark.slow
+def test_chat_on_the_real_model(tmp_path):
+    """`memory-agent chat` with the embedded SmolLM2: a first message finds no memory and
+    is remembered (or visibly not); a later question is answered from memory exactly when
+    the store holds something, and only this user's store is touched."""
+    import json
+
+    from click.testing import CliRunner
+
+    from memory_agent.cli import cli
+
+    db = str(tmp_path / "chat")
+    base = ["--db", db, "--embedder", "hashing"]
+
+    def chat(text):
+        res = CliRunner().invoke(cli, ["chat", "--name", "Sam", "--user", "sam", *base], input=f"{text}\nexit\n")
+        assert res.exit_code == 0, res.output
+        return [ln for ln in res.stdout.splitlines() if ln.strip()]
+
+    assert chat("I adopted a puppy named Rex and I work as a nurse.") == ["(no memories yet)"]
+    found = json.loads(CliRunner().invoke(cli, ["search", "puppy", "--user", "sam", "--json", *base]).stdout)
+    reply = chat("What is my puppy called?")
+    assert len(reply) == 1
+    assert (reply[0] == "(no memories yet)") == (not found)
+    other = json.loads(CliRunner().invoke(cli, ["search", "puppy", "--user", "eve", "--json", *base]).stdout)
+    assert other == []
