@@ -281,7 +281,7 @@ def cli_runs(runs, tmp_path_factory):
             "--out", str(target), "--config", str(root / "tiny.yaml"), "--max-steps", "1",
             "--model", base, "--answer-model", base, "--embedder", "hashing", "--bank-source", "observations",
             "--device", "cpu",
-        ]
+        ] + (["--cold-start", "--cold-start-steps", "1"] if task == "answer" else [])
         result = CliRunner().invoke(cli, args, catch_exceptions=False)
         assert result.exit_code == 0, result.output
         out[task] = (target, result.output)
@@ -298,6 +298,9 @@ def test_cli_train_writes_summary(cli_runs, task):
     for key in ("wall_seconds", "seconds_per_step_mean", "reward_first", "valid_rate_first", "val_before", "val_after"):
         assert summary[key] is not None, key
     assert summary["val_before"]["n"] == 2
+    if task == "answer":  # trained with --cold-start: validated before it, after it and at the end
+        assert summary["cold_start"]["steps"] == 1 and summary["val_after_cold_start"]["n"] == 2
+        assert (target / "cold_start" / "cold_start.json").is_file()
     assert (target / "metrics.csv").is_file() and (target / "reward_curve.png").is_file()
     assert (target / "adapter_config.json").is_file()
 

@@ -258,13 +258,16 @@ def train(
         "bank_source": config.bank_source,
         "reward_metric": config.reward_metric,
     }
-    if config.cold_start:
-        base, summary["cold_start"] = _cold_start(config, conversations, episodes, base, out, res)
-
     if val_episodes:
         from memory_agent.llms import TransformersLLM
 
+        # "before" is the policy as it was handed to us, before any training (cold start included).
         summary["val_before"] = validate(config, TransformersLLM(base, device=config.target_device), val_episodes, res)
+    if config.cold_start:
+        base, summary["cold_start"] = _cold_start(config, conversations, episodes, base, out, res)
+        if val_episodes:
+            summary["val_after_cold_start"] = validate(
+                config, TransformersLLM(base, device=config.target_device), val_episodes, res)
 
     counter = OutputCounter()
     if config.task == "manager":

@@ -93,5 +93,7 @@ def train(task, data, val, val_limit, out_dir, config_file, max_steps, device, m
     click.echo(f"reward {summary.get('reward_first')} -> {summary.get('reward_last')}; "
                f"valid-output rate {summary.get('valid_rate_first')} -> {summary.get('valid_rate_last')}")
     if "val_before" in summary:
-        click.echo(f"validation F1 {summary['val_before'].get('f1')} -> {summary['val_after'].get('f1')}")
+        mid = summary.get("val_after_cold_start")
+        via = f" -> {mid.get('f1')} (after cold start)" if mid else ""
+        click.echo(f"validation F1 {summary['val_before'].get('f1')}{via} -> {summary['val_after'].get('f1')}")
     click.echo(f"checkpoint: {summary['checkpoint']} (load with --{task}-model {out_dir})")
