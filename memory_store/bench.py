@@ -11,7 +11,10 @@ sub-indexes every user is that case):
 * ``numpy_scan_p50_ms``: ``matrix @ q`` + ``argpartition`` top-10 over the
   same vectors, same run, as the exact-search yardstick;
 * ``recall_at_10`` (hnsw): overlap with the exact top-10;
-* ``delete_p50_ms``: ``delete`` of random ids (SQLite commit + index removal).
+* ``delete_p50_ms``: ``delete`` of random ids (SQLite commit + index removal);
+* ``ef_sweep`` (hnsw, optional): search p50/p99 and recall@10 again at each
+  given efSearch, on the same graph and queries (the build is the slow part,
+  so one run can chart the whole latency/recall trade-off).
 
 Vectors are synthetic but clustered (a mixture of Gaussians, normalised):
 real sentence embeddings are far from uniform, and uniform random vectors in
@@ -25,7 +28,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,9 +62,21 @@ def _pct(xs: list[float], q: float) -> float:
     return round(float(np.percentile(np.asarray(xs) * 1000.0, q)), 4)
 
 
+def _sweep_point(store: MemoryStore, ef: int, qs: np.ndarray, exact: list[set[int]], k: int) -> dict[str, Any]:
+    store.set_ef_search(ef)
+    times, hits = [], []
+    for q in qs:
+        t = time.perf_counter()
+        got = store.search_vector(q, BENCH_USER, k=k)
+        times.append(time.perf_counter() - t)
+        hits.append(len({h.id for h in got} & exact[len(hits)]) / k)
+    return {"ef_search": ef, "search_p50_ms": _pct(times, 50), "search_p99_ms": _pct(times, 99),
+            "recall_at_10": round(float(np.mean(hits)), 4)}
+
+
 def run_store_benchmark(n: int = 100_000, *, dim: int = 384, index: str = "flat", queries: int = 200,
                         deletes: int = 200, path: str | Path | None = None, chunk: int = 10_000,
-                        ef_search: int | None = None, seed: int = 0,
+                        ef_search: int | None = None, ef_sweep: Sequence[int] = (), seed: int = 0,
                         progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Build a store of ``n`` synthetic memories and time add/search/delete; returns a dict."""
     say = progress or (lambda msg: None)
@@ -116,6 +131,12 @@ def run_store_benchmark(n: int = 100_000, *, dim: int = 384, index: str = "flat"
             result["recall_at_10"] = round(recall, 4)
             say(f"search p50 {result['search_p50_ms']} ms, numpy {result['numpy_scan_p50_ms']} ms, "
                 f"recall@10 {recall:.3f}")
+            if ef_sweep and index == "hnsw":
+                default_ef = store.ef_search
+                result["ef_sweep"] = [_sweep_point(store, ef, qs, exact, k) for ef in ef_sweep]
+                for point in result["ef_sweep"]:
+                    say(f"efSearch {point['ef_search']}: p50 {point['search_p50_ms']} ms, recall@10 {point['recall_at_10']}")
+                store.set_ef_search(default_ef)
 
             del_t = []
             for mid in rng.choice(id_arr, size=min(deletes, n), replace=False).tolist():

@@ -30,3 +30,23 @@ def test_benchmark_cli_json_and_table():
     assert KEYS <= data.keys() and data["n"] == 200
     res = runner.invoke(store, ["--n", "100", "--dim", "16", "--queries", "3", "--deletes", "3", "--index", "hnsw"])
     assert res.exit_code == 0 and "search_p50_ms" in res.stdout
+
+
+def test_ef_sweep_measures_each_value_on_one_build(tmp_path):
+    res = run_store_benchmark(2000, dim=16, index="hnsw", queries=20, deletes=5, path=tmp_path / "s",
+                              ef_search=32, ef_sweep=[1, 200])
+    low, high = res["ef_sweep"]
+    assert [low["ef_search"], high["ef_search"]] == [1, 200] and res["ef_search"] == 32
+    # efSearch 200 over 2,000 vectors explores nearly everything; efSearch 1 is clamped to k=10.
+    assert high["recall_at_10"] >= low["recall_at_10"] and high["recall_at_10"] >= 0.95
+
+
+def test_ef_sweep_cli_errors_are_one_clear_line():
+    from memory_agent.cli.bench_store import store
+
+    runner = CliRunner()
+    for args, msg in ((["--ef-sweep", "64,x", "--index", "hnsw"], "comma-separated"),
+                      (["--ef-sweep", "64"], "only the hnsw index"),
+                      (["--ef-sweep", "0", "--index", "hnsw"], ">= 1")):
+        res = runner.invoke(store, ["--n", "50", "--dim", "8", *args])
+        assert res.exit_code == 2 and msg in res.output

@@ -23,17 +23,28 @@ __all__ = ["store"]
 @click.option("--queries", type=click.IntRange(min=1), default=200, show_default=True)
 @click.option("--deletes", type=click.IntRange(min=1), default=200, show_default=True)
 @click.option("--ef-search", type=click.IntRange(min=1), default=None, help="HNSW efSearch (default: store's).")
+@click.option("--ef-sweep", default="", metavar="E1,E2,...",
+              help="HNSW: also measure search and recall at each of these efSearch values (one build).")
 @click.option("--path", type=click.Path(file_okay=False), default=None,
               help="Store folder (default: a temporary folder, removed afterwards).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def store(n: int, index: str, dim: int, queries: int, deletes: int, ef_search: int | None, path: str | None,
-          seed: int, as_json: bool) -> None:
+def store(n: int, index: str, dim: int, queries: int, deletes: int, ef_search: int | None, ef_sweep: str,
+          path: str | None, seed: int, as_json: bool) -> None:
     """Add/search/delete throughput and latency of memory_store."""
     from memory_store.bench import run_store_benchmark
 
+    try:
+        sweep = [int(x) for x in ef_sweep.split(",") if x.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {ef_sweep!r}", param_hint="--ef-sweep")
+    if any(x < 1 for x in sweep):
+        raise click.BadParameter("efSearch values must be >= 1", param_hint="--ef-sweep")
+    if sweep and index != "hnsw":
+        raise click.BadParameter("only the hnsw index has an efSearch", param_hint="--ef-sweep")
+
     result = run_store_benchmark(n, dim=dim, index=index, queries=queries, deletes=deletes, path=path,
-                                 ef_search=ef_search, seed=seed,
+                                 ef_search=ef_search, ef_sweep=sweep, seed=seed,
                                  progress=lambda msg: click.echo(f"[bench store] {msg}", err=True))
     if as_json:
         click.echo(json.dumps(result))
