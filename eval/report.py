@@ -24,6 +24,7 @@ from data.schema import CATEGORIES
 __all__ = [
     "SCORED_CATEGORIES",
     "summarize",
+    "run_label",
     "details",
     "render_markdown",
     "plot_by_category",
@@ -243,7 +244,22 @@ def load_run(run_dir: Path, f1_kind: str | None = None) -> dict[str, Any]:
         rows = read_rows(run_dir / "predictions.jsonl")
         summary = summarize(rows, method=summary["method"], model=summary["model"],
                             f1_kind=f1_kind, ingest=summary["ingest"])
+    identity = run_dir / "run.json"
+    if identity.is_file():  # which manager/answer models: runs of one method differ by these
+        ident = json.loads(identity.read_text(encoding="utf-8"))
+        summary["manager_model"] = ident.get("manager_model")
+        summary["answer_model"] = ident.get("answer_model")
     return summary
+
+
+def run_label(summary: dict[str, Any]) -> str:
+    """``method (model)``, plus the manager/answer models when they differ from ``model``."""
+    parts = [str(summary["model"])]
+    for role in ("manager", "answer"):
+        spec = summary.get(f"{role}_model")
+        if spec:
+            parts.append(f"{role}={Path(str(spec)).name or spec}")
+    return f"{summary['method']} ({', '.join(parts)})"
 
 
 def write_compare(run_dirs: Sequence[Path], out: Path, *, f1_kind: str | None = None, metric: str = "f1") -> Path:
@@ -258,7 +274,7 @@ def write_compare(run_dirs: Sequence[Path], out: Path, *, f1_kind: str | None = 
     runs = [load_run(d, kind) for d in run_dirs]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    labels = [f"{s['method']} ({s['model']})" for s in runs]
+    labels = [run_label(s) for s in runs]
     keys = ["f1", "bleu1", "em"] + (["judge"] if all("judge" in s["overall"] for s in runs) else [])
     cats = [c for c in SCORED_CATEGORIES if any(c in s["by_category"] for s in runs)]
     overall = _table(["run", "n"] + [_LABELS[k] for k in keys] + ["answer p50 ms", "context tokens"],

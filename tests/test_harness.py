@@ -258,3 +258,19 @@ def test_load_conversations_specs(tmp_path, data_file):
         load_conversations("synthetic:x", None)
     with pytest.raises(DatasetError, match="--split"):
         load_conversations(str(data_file), "dev")
+
+
+@pytest.mark.parametrize(
+    ("summary", "label"),
+    [
+        ({"method": "rag", "model": "default"}, "rag (default)"),
+        ({"method": "memory-r1", "model": "default", "manager_model": None, "answer_model": "runs/train/answer"},
+         "memory-r1 (default, answer=answer)"),
+        ({"method": "memory-r1", "model": "default", "manager_model": "/x/mgr/", "answer_model": "openai:m@h"},
+         "memory-r1 (default, manager=mgr, answer=openai:m@h)"),
+    ],
+)
+def test_run_label_tells_runs_of_one_method_apart(summary, label):
+    from eval.report import run_label
+
+    assert run_label(summary) == label

@@ -110,12 +110,12 @@ def run_cmd(**options) -> None:
               help="Metric of the per-category chart.")
 def compare_cmd(runs, out, f1, metric) -> None:
     """Combine finished runs: compare.md, compare.json and compare.png (grouped bars)."""
-    from eval.report import write_compare
+    from eval.report import run_label, write_compare
 
     path = write_compare(list(runs), out, f1_kind=f1, metric=metric)
     data = json.loads((out / "compare.json").read_text(encoding="utf-8"))
     for run in data["runs"]:
-        click.echo(f"{run['method']} ({run['model']}): F1[{data['f1_kind']}]={run['overall']['f1']}")
+        click.echo(f"{run_label(run)}: F1[{data['f1_kind']}]={run['overall']['f1']}")
     click.echo(f"wrote {path}")
 
 
