@@ -201,7 +201,7 @@ def plot_by_category(summary: dict[str, Any], path: Path) -> None:
         ax.bar([x + i * width for x in range(len(cats))], values, width, label=_LABELS[key])
     ax.set_xticks([x + width * (len(keys) - 1) / 2 for x in range(len(cats))], cats)
     ax.set_ylabel("score (%)")
-    ax.set_ylim(0, 100)
+    ax.set_ylim(0, _ymax(summary["by_category"][c].get(k) for c in cats for k in keys))
     ax.set_title(f"{summary['method']} / {summary['model']} ({summary['f1_kind']} F1)")
     ax.legend()
     fig.tight_layout()
@@ -231,6 +231,12 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
         if isinstance(row, dict) and "sample_id" in row and "qid" in row:
             rows.append(row)
     return rows
+
+
+def _ymax(values: Any) -> float:
+    """Axis top: headroom over the tallest bar (small scores stay readable), never past 100."""
+    top = max([v for v in values if isinstance(v, (int, float))] or [0.0])
+    return min(100.0, max(5.0, top * 1.25))
 
 
 def load_run(run_dir: Path, f1_kind: str | None = None) -> dict[str, Any]:
@@ -296,9 +302,10 @@ def write_compare(run_dirs: Sequence[Path], out: Path, *, f1_kind: str | None = 
         ax.bar([x + i * width for x in range(len(cats))], values, width, label=lab)
     ax.set_xticks([x + width * (len(runs) - 1) / 2 for x in range(len(cats))], cats)
     ax.set_ylabel(f"{_LABELS.get(metric, metric)} (%)")
-    ax.set_ylim(0, 100)
-    ax.legend(fontsize="small")
+    ax.set_ylim(0, _ymax(s["by_category"].get(c, {}).get(metric) for s in runs for c in cats))
+    # Below the axes: with many runs an inside legend hides bars.
+    ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2, frameon=False)
     fig.tight_layout()
-    fig.savefig(out / "compare.png", dpi=120)
+    fig.savefig(out / "compare.png", dpi=120, bbox_inches="tight")
     plt.close(fig)
     return out / "compare.md"
