@@ -250,3 +250,28 @@ def test_openai_unreachable_server_is_backend_error():
     llm = OpenAICompatibleLLM("m", "http://127.0.0.1:9/v1", max_retries=1, backoff=0.01, timeout=1)
     with pytest.raises(BackendError):
         llm.generate([MSG])
+
+
+def test_thread_picking_env_and_idle_cores(monkeypatch):
+    import os
+
+    import torch
+
+    from memory_agent.llms import transformers_backend as tb
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("MEMORY_AGENT_THREADS", "1")
+        assert tb.set_cpu_threads() == 1
+        assert tb.set_cpu_threads(2) == 2  # an explicit count wins over the environment
+        monkeypatch.delenv("MEMORY_AGENT_THREADS")
+        cores = os.cpu_count() or 1
+        assert 1 <= tb.set_cpu_threads() <= cores
+        busy = tb._busy_cores(cores, window=0.05)
+        assert 0.0 <= busy <= cores
+        monkeypatch.setattr(tb, "_busy_cores", lambda cores, window=0.3: float(cores))  # everything busy
+        assert tb.set_cpu_threads() == 1  # never zero threads
+        monkeypatch.setattr(tb, "_busy_cores", lambda cores, window=0.3: 0.0)
+        assert tb.set_cpu_threads() == cores
+    finally:
+        torch.set_num_threads(before)
