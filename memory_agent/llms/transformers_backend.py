@@ -78,8 +78,8 @@ def _busy_cores(cores: int, window: float = 0.3) -> float:
 
     Sampled over ``window`` seconds: the 1-minute load average lags by about a
     minute, so a job started right after another one ended saw a "busy"
-    machine and ran on one thread of two (measured: 1.4 s/turn instead of
-    ~0.8). The load average is the fallback where /proc is missing.
+    machine and ran on one thread of two (measured on conv-41 ingest: 1.4 s per
+    turn instead of 0.9). The load average is the fallback where /proc is missing.
     """
     import os
 
