@@ -228,9 +228,10 @@ class MemoryR1Method(_Base):
 
     def ingest(self, conversation: Conversation, store_dir: Path, *, progress: Progress | None = None) -> IngestStats:
         # One call per session, in order, as the conversation happened: the Memory
-        # Manager sees what earlier sessions stored. (Feeding many sessions in one
-        # call would decide them all against one snapshot of the store; on a fresh
-        # store that means plain ADDs, i.e. add-all.)
+        # Manager sees everything earlier sessions stored. (``Memory.add_sessions``,
+        # which `bench ingest` uses, is faster but decides up to ``wave_size`` turns
+        # against one snapshot; on a fresh store its whole first wave is ADDed
+        # without a model call. On conv-41 that path kept 134 memories, this one 39.)
         self.load(conversation, store_dir)
         stats = IngestStats(conversation.sample_id)
         start = time.perf_counter()
