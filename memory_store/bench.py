@@ -65,11 +65,11 @@ def _pct(xs: list[float], q: float) -> float:
 def _sweep_point(store: MemoryStore, ef: int, qs: np.ndarray, exact: list[set[int]], k: int) -> dict[str, Any]:
     store.set_ef_search(ef)
     times, hits = [], []
-    for q in qs:
+    for q, truth in zip(qs, exact, strict=True):
         t = time.perf_counter()
         got = store.search_vector(q, BENCH_USER, k=k)
         times.append(time.perf_counter() - t)
-        hits.append(len({h.id for h in got} & exact[len(hits)]) / k)
+        hits.append(len({h.id for h in got} & truth) / k)
     return {"ef_search": ef, "search_p50_ms": _pct(times, 50), "search_p99_ms": _pct(times, 99),
             "recall_at_10": round(float(np.mean(hits)), 4)}
 

@@ -130,6 +130,11 @@ def _parse(path: str | Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]
     return items, deleted
 
 
+def _history_rows(item: dict[str, Any], events: list[dict[str, Any]], default_at: str | None) -> list[tuple]:
+    return [(item["id"], item["user_id"], h["event"], h.get("old_text"), h.get("new_text"),
+             str(h.get("actor") or "import"), h.get("source"), str(h.get("at") or default_at)) for h in events]
+
+
 def import_jsonl(store: "MemoryStore", path: str | Path) -> int:
     """Load an export into ``store`` in one transaction; returns the count of (live) memories."""
     from memory_store.store import _sha
@@ -151,13 +156,9 @@ def import_jsonl(store: "MemoryStore", path: str | Path) -> int:
         events = item.get("history")
         if not events:  # no history exported: record the import itself
             events = [{"event": "ADD", "new_text": text, "actor": "import", "at": item["created_at"]}]
-        for h in events:
-            history.append((item["id"], item["user_id"], h["event"], h.get("old_text"), h.get("new_text"),
-                            str(h.get("actor") or "import"), h.get("source"), str(h.get("at") or item["created_at"])))
-    for item in deleted:
-        for h in item.get("history") or []:
-            history.append((item["id"], item["user_id"], h["event"], h.get("old_text"), h.get("new_text"),
-                            str(h.get("actor") or "import"), h.get("source"), str(h["at"])))
+        history += _history_rows(item, events, item["created_at"])
+    for item in deleted:  # their events were checked to carry "at"
+        history += _history_rows(item, item.get("history") or [], None)
     with store._lock:
         if store._closed:
             raise StoreError("store is closed")

@@ -253,7 +253,7 @@ class ManagerReward:
     ) -> SnapshotBank:
         """Parse ``text`` (and, given ``facts``, check it is grounded as the pipeline does) and
         apply it to a copy of ``base``; raises InvalidModelOutput."""
-        ops = pipeline.parse_manager_ops(text, len(shown), facts, shown if facts is not None else None)
+        ops = pipeline.parse_manager_ops(text, len(shown), facts, shown)
         bank = base.copy()
         pipeline.apply_manager_ops(bank, ops, [int(m["id"]) for m in shown], timestamp or None, speaker or None)
         return bank
