@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 from data.schema import Conversation, Session, Turn
-from memory_agent.answer import ANSWER_MAX_NEW_TOKENS, AnswerAgent, parse_answer
+from memory_agent.answer import ANSWER_MAX_NEW_TOKENS, AnswerAgent, display_date, parse_answer
 from memory_agent.errors import ConfigError
 from memory_agent.memory import Memory
 from memory_agent.prompts import answer_messages
@@ -265,8 +265,7 @@ class MemoryR1Method(_Base):
             shown = list(ans.retrieved or [])  # everything the model was shown
             # The Answer Agent's prompt rebuilt from what it was shown (dated as it dates
             # them), so context_tokens means the same for every method: the whole prompt.
-            dated = [(str(getattr(m, "updated_at", "") or getattr(m, "created_at", ""))[:10], str(m.text))
-                     for m in shown]
+            dated = [(display_date(m), str(m.text)) for m in shown]
             out.append(Prediction(
                 text=str(ans.text),
                 valid=bool(ans.valid),
@@ -422,7 +421,7 @@ class FullContextMethod(_Base):
 
     def load(self, conversation: Conversation, store_dir: Path) -> None:
         # (date, "speaker: text"), dated like the Answer Agent's memories
-        self.memories = [(s.timestamp[:10], turn_line(s, t).split("] ", 1)[1])
+        self.memories = [(display_date(s.timestamp), turn_line(s, t).split("] ", 1)[1])
                          for s, t in conversation.turns() if t.text.strip()]
 
     def _fit(self, question: str) -> int:

@@ -16,12 +16,13 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any
 
 from memory_agent.llms.base import LLM
 from memory_agent.prompts import answer_messages
 
-__all__ = ["Answer", "AnswerAgent", "parse_answer", "ANSWER_MAX_NEW_TOKENS"]
+__all__ = ["Answer", "AnswerAgent", "parse_answer", "display_date", "ANSWER_MAX_NEW_TOKENS"]
 
 ANSWER_MAX_NEW_TOKENS = 64
 _STRICT_MARKER = re.compile(r"\*\*\s*answer\s*(?::\s*\*\*|\*\*\s*:)", re.IGNORECASE)
@@ -115,13 +116,13 @@ class AnswerAgent:
         budget = self.max_prompt_tokens - base
         kept = []
         for h in hits:  # best first: the least relevant are the ones left out
-            cost = self._count(f"[00] {_date(h)}: {h.text}\n")
+            cost = self._count(f"[00] {display_date(h)}: {h.text}\n")
             if cost > budget:
                 break
             budget -= cost
             kept.append(h)
         kept.sort(key=lambda h: (_date(h), h.id))
-        return answer_messages(question, [(_date(h), h.text) for h in kept]), kept
+        return answer_messages(question, [(display_date(h), h.text) for h in kept]), kept
 
     def answer(self, question: str, user_id: str, speakers: Sequence[str] | None = None) -> Answer:
         return self.answer_many([question], user_id, speakers=speakers)[0]
@@ -145,5 +146,21 @@ class AnswerAgent:
 
 
 def _date(record: Any) -> str:
-    # Date only: the time of day costs tokens and rarely matters to questions.
+    """ISO date (sorts chronologically); the time of day costs tokens and rarely matters."""
     return str(getattr(record, "updated_at", "") or getattr(record, "created_at", ""))[:10]
+
+
+def display_date(record: Any) -> str:
+    """A memory's (or an ISO timestamp's) date as the prompt shows it: ``19 January 2023``.
+
+    Written the way people (and LoCoMo's gold answers) write dates, not ISO:
+    a small model copies the date it is shown, and "2023-01-19" shares no
+    token with "19 January, 2023", so an ISO date that is right still scores 0.
+    Anything that is not an ISO date is shown as it is.
+    """
+    value = record if isinstance(record, str) else _date(record)
+    try:
+        day = date.fromisoformat(value[:10])
+    except ValueError:
+        return value
+    return f"{day.day} {day:%B %Y}"

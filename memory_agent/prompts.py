@@ -73,14 +73,14 @@ ANSWER_SYSTEM = (
 # different answer types keep it from copying one example's answer.
 ANSWER_EXAMPLE: list[tuple[str, str]] = [
     (
-        "Memories:\n[0] 2023-05-01: Bob adopted a cat named Tom\n[1] 2023-06-02: Bob moved to Rome\n"
+        "Memories:\n[0] 1 May 2023: Bob adopted a cat named Tom\n[1] 2 June 2023: Bob moved to Rome\n"
         "Question: Where does Bob live?",
-        f"Relevant: [1] 2023-06-02: Bob moved to Rome\n{ANSWER_MARKER} Rome",
+        f"Relevant: [1] 2 June 2023: Bob moved to Rome\n{ANSWER_MARKER} Rome",
     ),
     (
-        "Memories:\n[0] 2022-03-10: Ann ran a marathon\n[1] 2022-04-02: Ann likes tea\n"
+        "Memories:\n[0] 10 March 2022: Ann ran a marathon\n[1] 2 April 2022: Ann likes tea\n"
         "Question: When did Ann run a marathon?",
-        f"Relevant: [0] 2022-03-10: Ann ran a marathon\n{ANSWER_MARKER} 10 March 2022",
+        f"Relevant: [0] 10 March 2022: Ann ran a marathon\n{ANSWER_MARKER} 10 March 2022",
     ),
 ]
 

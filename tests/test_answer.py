@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import pytest
 
-from memory_agent.answer import AnswerAgent, parse_answer
+from memory_agent.answer import AnswerAgent, display_date, parse_answer
 
 
 @pytest.mark.parametrize(
@@ -40,9 +42,9 @@ def test_prompt_has_timestamps_oldest_first_and_small_ids(store, scripted):
     ans = AnswerAgent(llm, store).answer("Where does Alice live?", "u")
     prompt = llm.prompts[0][-1]["content"]
     lines = [ln for ln in prompt.splitlines() if ln.startswith("[")]
-    assert lines[0].startswith("[0] 2023-01-01: ") and len(lines) == 5
-    dates = [ln.split(" ")[1] for ln in lines]
-    assert dates == sorted(dates)
+    assert lines[0].startswith("[0] 1 January 2023: ") and len(lines) == 5
+    dates = [datetime.strptime(ln.split("] ", 1)[1].split(":")[0], "%d %B %Y") for ln in lines]
+    assert dates == sorted(dates) and len(set(dates)) == 5
     assert "secret" not in prompt and prompt.endswith("Question: Where does Alice live?")
     assert ans.valid and ans.text == "Berlin"
     assert [m.text for m in ans.memories] == [lines[1].split(": ", 1)[1]]
@@ -78,3 +80,23 @@ def test_answer_many_is_one_call(store, scripted):
     llm = scripted(["**Answer:** a", "**Answer:** b"])
     out = AnswerAgent(llm, store).answer_many(["q1", "q2"], "u")
     assert [a.text for a in out] == ["a", "b"] and [c["n"] for c in llm.calls] == [2]
+
+
+@pytest.mark.parametrize(
+    "value, shown",
+    [
+        ("2023-01-19T16:04:00", "19 January 2023"),
+        ("2023-05-08", "8 May 2023"),
+        ("", ""),
+        ("last summer", "last summer"),  # not an ISO date: shown as it is
+        ("2023-13-40", "2023-13-40"),
+    ],
+)
+def test_display_date_writes_dates_like_the_gold_answers(value, shown):
+    assert display_date(value) == shown
+
+
+def test_display_date_of_a_record_prefers_the_update_time(store):
+    mid = store.add("Alice lives in Paris", user_id="u", timestamp="2023-01-01T10:00:00")
+    store.update(mid, "Alice lives in Berlin", user_id="u", timestamp="2023-03-02T10:00:00")
+    assert display_date(store.get(mid, user_id="u")) == "2 March 2023"

@@ -26,7 +26,7 @@ def test_open_add_search_answer(tmp_path):
     llm.replies.append("Relevant: [0]\n**Answer:** Berlin")
     ans = mem.answer("Where does Alice live?", user_id="alice")
     assert ans.text == "Berlin" and ans.valid and ans.memories[0].id == hit.id
-    assert "2024-05-08: Alice moved to Berlin" in llm.prompts[-1][-1]["content"]
+    assert "8 May 2024: Alice moved to Berlin" in llm.prompts[-1][-1]["content"]
 
     llm.replies.append("Berlin probably")  # no marker: counted, not hidden
     assert not mem.answer("Where?", user_id="alice").valid

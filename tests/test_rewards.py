@@ -220,9 +220,9 @@ def test_manager_reward_answer_prompt_is_the_pipelines(scripted, embedder):
     lines = llm.prompts[0][-1]["content"].splitlines()
     assert lines[0] == "Memories:" and lines[-1] == "Question: Where does Alice live?"
     assert lines[1:-1] == [
-        "[0] 2023-01-01: Alice lives in Paris",
-        "[1] 2023-01-02: Alice likes tea",
-        "[2] 2023-06-01: Alice lives in Berlin",  # the ADDed memory carries the turn's date
+        "[0] 1 January 2023: Alice lives in Paris",
+        "[1] 2 January 2023: Alice likes tea",
+        "[2] 1 June 2023: Alice lives in Berlin",  # the ADDed memory carries the turn's date
     ]
     llm2 = scripted(default=_answer_from_memories)
     ManagerReward(llm2, embedder=embedder, top_k=2)(["ADD: Alice lives in Berlin"], **cols)

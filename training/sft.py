@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from memory_agent.answer import display_date
 from memory_agent.errors import InvalidModelOutput
 from training import pipeline
 from training.bank import BankRecord
@@ -109,7 +110,7 @@ def answer_target(answer: str, shown: Sequence[BankRecord], max_refs: int = 1, m
 
 
 def _quote(i: int, record: BankRecord, max_chars: int) -> str:
-    date = str(record.created_at or "")[:10]
+    date = display_date(record)
     text = record.text if len(record.text) <= max_chars else record.text[: max_chars - 3].rstrip() + "..."
     return f"[{i}] {date}: {text}" if date else f"[{i}] {text}"
 
