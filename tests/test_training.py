@@ -281,7 +281,8 @@ def cli_runs(runs, tmp_path_factory):
             "--out", str(target), "--config", str(root / "tiny.yaml"), "--max-steps", "1",
             "--model", base, "--answer-model", base, "--embedder", "hashing", "--bank-source", "observations",
             "--device", "cpu",
-        ] + (["--cold-start", "--cold-start-steps", "1"] if task == "answer" else [])
+        ] + (["--cold-start", "--cold-start-steps", "1", "--cold-start-examples", "3", "--learning-rate", "1e-4"]
+             if task == "answer" else [])
         result = CliRunner().invoke(cli, args, catch_exceptions=False)
         assert result.exit_code == 0, result.output
         out[task] = (target, result.output)
@@ -300,6 +301,8 @@ def test_cli_train_writes_summary(cli_runs, task):
     assert summary["val_before"]["n"] == 2
     if task == "answer":  # trained with --cold-start: validated before it, after it and at the end
         assert summary["cold_start"]["steps"] == 1 and summary["val_after_cold_start"]["n"] == 2
+        assert summary["cold_start"]["examples"] == min(3, summary["episodes"])  # --cold-start-examples
+        assert summary["config"]["learning_rate"] == 1e-4  # --learning-rate
         assert (target / "cold_start" / "cold_start.json").is_file()
     assert (target / "metrics.csv").is_file() and (target / "reward_curve.png").is_file()
     assert (target / "adapter_config.json").is_file()
@@ -326,6 +329,16 @@ def test_checkpoints_plug_into_memory(cli_runs, scripted, tmp_path):
         mem.add([{"speaker": "Maya", "text": "I still live in Lyon."}], user_id="u", timestamp="2023-05-02")
         reply = mem.answer("Where does Maya live?", user_id="u")
     assert isinstance(reply.raw, str)  # the tiny model's text; parsed and counted, whatever it is
+
+
+@pytest.mark.parametrize(
+    "n_items, n, picked",
+    [(10, 20, list(range(10))), (10, 10, list(range(10))), (10, 5, [0, 2, 4, 6, 8]), (10, 3, [0, 3, 6]), (5, 0, [])],
+)
+def test_cold_start_examples_are_spread_over_the_episodes(n_items, n, picked):
+    from training.run import _spread
+
+    assert _spread(list(range(n_items)), n) == picked
 
 
 # ------------------------------------------------------------------ config

@@ -18,6 +18,7 @@ import json
 import logging
 import statistics
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -165,11 +166,11 @@ def _cold_start(config: MemoryGRPOConfig, conversations, episodes, base: Path, o
             for v in ObservationReplay(res.embedder).views(conv, max_turns=config.max_turns)
             if v.facts
         ]
-        rows = sft.manager_sft_rows(views[: config.cold_start_examples])
+        rows = sft.manager_sft_rows(_spread(views, config.cold_start_examples))
         if not rows:
             raise ConfigError("cold start needs LoCoMo-style observation annotations in the training data")
     else:
-        rows = sft.answer_sft_rows(episodes[: config.cold_start_examples], tokenizer=res.tokenizer)
+        rows = sft.answer_sft_rows(_spread(episodes, config.cold_start_examples), tokenizer=res.tokenizer)
 
     # The valid-output rate is probed on the GRPO prompts themselves.
     probe = [e.row(res.tokenizer) for e in episodes[: config.cold_start_probe]]
@@ -305,3 +306,11 @@ def train(
     }
     (out / "train_summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
+
+
+def _spread(items: Sequence[Any], n: int) -> list[Any]:
+    """At most ``n`` of ``items``, evenly spaced: episodes come in conversation
+    order, so the first ``n`` would cover only the first sessions' questions."""
+    if n >= len(items):
+        return list(items)
+    return [items[i * len(items) // n] for i in range(n)]

@@ -30,6 +30,7 @@ __all__ = ["train"]
 @click.option("--config", "config_file", default=None,
               help="YAML recipe (a path, or a name in training/recipes, e.g. cpu_smollm2.yaml).")
 @click.option("--max-steps", type=int, default=None, help="GRPO steps (overrides the recipe).")
+@click.option("--learning-rate", type=float, default=None, help="GRPO learning rate (overrides the recipe).")
 @click.option("--device", default=None, help="auto | cpu | cuda (default auto).")
 @click.option("--model", default=None, help="Policy to start from (default: the trained agent's own model).")
 @click.option("--manager-model", default=None,
@@ -47,6 +48,8 @@ __all__ = ["train"]
 @click.option("--cold-start/--no-cold-start", default=None, help="Short SFT on well-formed outputs before GRPO.")
 @click.option("--cold-start-steps", "cold_start_max_steps", type=int, default=None,
               help="SFT steps of the cold start (overrides the recipe).")
+@click.option("--cold-start-examples", type=int, default=None,
+              help="At most N cold-start examples, spread over the episodes (overrides the recipe).")
 @click.option("--retrieve-k", type=int, default=None,
               help="Memories in the Answer Agent's prompt (the pipeline uses 60; the CPU recipe 10).")
 @click.option("--lora/--full", "use_lora", default=None, help="LoRA adapter (default) or full fine-tuning.")
@@ -54,9 +57,9 @@ __all__ = ["train"]
 @click.option("--seed", type=int, default=None)
 @click.option("--threads", "cpu_threads", type=int, default=None, help="torch CPU threads (1 is best on a busy CPU).")
 @click.option("--json", "as_json", is_flag=True, help="Print train_summary.json to stdout.")
-def train(task, data, val, val_limit, out_dir, config_file, max_steps, device, model, manager_model, answer_model,
-          bank_source, embedder, reward_metric, max_episodes, max_turns, cold_start, cold_start_max_steps, retrieve_k,
-          use_lora, merge_adapter, seed, cpu_threads, as_json):
+def train(task, data, val, val_limit, out_dir, config_file, max_steps, learning_rate, device, model, manager_model,
+          answer_model, bank_source, embedder, reward_metric, max_episodes, max_turns, cold_start, cold_start_max_steps,
+          cold_start_examples, retrieve_k, use_lora, merge_adapter, seed, cpu_threads, as_json):
     """Train the Memory Manager or the Answer Agent with GRPO (TRL)."""
     from training.config import load_config
     from training.run import train as run_train
@@ -66,6 +69,7 @@ def train(task, data, val, val_limit, out_dir, config_file, max_steps, device, m
         task=task,
         output_dir=str(out_dir),
         max_steps=max_steps,
+        learning_rate=learning_rate,
         device=device,
         model=model,
         manager_model=manager_model,
@@ -77,6 +81,7 @@ def train(task, data, val, val_limit, out_dir, config_file, max_steps, device, m
         max_turns=max_turns,
         cold_start=cold_start,
         cold_start_max_steps=cold_start_max_steps,
+        cold_start_examples=cold_start_examples,
         retrieve_k=retrieve_k,
         use_lora=use_lora,
         merge_adapter=merge_adapter,
