@@ -152,6 +152,18 @@ def test_answer_target():
     assert answer_target("Paris", mems).startswith("Relevant: none")
 
 
+def test_answer_target_counts_date_words_and_breaks_ties_by_the_question():
+    mems = [
+        BankRecord(1, "Jon went to a dance class", timestamp="2023-01-19T10:00:00"),
+        BankRecord(2, "Jon lost his job as a banker", timestamp="2023-01-19T10:00:00"),
+        BankRecord(3, "Jon lost his keys", timestamp="2023-03-02T10:00:00"),
+    ]
+    target = answer_target("19 January, 2023", mems, question="When did Jon lose his job as a banker?")
+    assert target.splitlines()[0] == "Relevant: [1] 19 January 2023: Jon lost his job as a banker"
+    # without the question, the first memory of that date
+    assert answer_target("19 January, 2023", mems).startswith("Relevant: [0] 19 January 2023:")
+
+
 # ------------------------------------------------------------------ pipeline replay (scripted LLM)
 def _scripted_pipeline(messages):
     """Extraction: the turn itself is the fact. Manager: ADD the first new fact."""

@@ -94,17 +94,25 @@ def manager_sft_rows(views: Sequence[TurnView]) -> list[dict[str, Any]]:
     return rows
 
 
-def answer_target(answer: str, shown: Sequence[BankRecord], max_refs: int = 1, max_quote_chars: int = 100) -> str:
+def answer_target(answer: str, shown: Sequence[BankRecord], max_refs: int = 1, max_quote_chars: int = 100,
+                  question: str = "") -> str:
     """The well-formed reply for ``shown`` (the memories in prompt order): the
-    memories sharing most words with the gold answer, quoted as the prompt shows
-    them (cut to ``max_quote_chars``), then the marker and the answer.
+    memory sharing most words with the gold answer, quoted as the prompt shows
+    it (its date included, cut to ``max_quote_chars``), then the marker and the
+    answer. Date words count, so "When did Jon lose his job?" (gold "19 January,
+    2023") quotes a memory dated that day; ties go to the memory sharing most
+    words with the question.
 
     One short quote by default: the pipeline gives the Answer Agent 64 new
     tokens, and a target that quotes three long memories would teach the model
     to run out of tokens before the marker."""
-    gold = _words(str(answer))
-    scored = [(len(gold & _words(m.text)), i) for i, m in enumerate(shown)]
-    refs = sorted(i for score, i in sorted(scored, key=lambda t: (-t[0], t[1]))[:max_refs] if score > 0)
+    gold, asked = _words(str(answer)), _words(question)
+    scored = []
+    for i, m in enumerate(shown):
+        words = _words(f"{display_date(m)} {m.text}")
+        scored.append((len(gold & words), len(asked & words), i))
+    best = sorted(scored, key=lambda t: (-t[0], -t[1], t[2]))[:max_refs]
+    refs = sorted(i for score, _, i in best if score > 0)
     quoted = "\n".join(_quote(i, shown[i], max_quote_chars) for i in refs) or "none"
     return f"Relevant: {quoted}\n{pipeline.ANSWER_MARKER} {answer}"
 
@@ -119,7 +127,7 @@ def answer_sft_rows(episodes: Sequence[AnswerEpisode], tokenizer: Any = None) ->
     rows = []
     for e in episodes:
         messages, shown = pipeline.answer_prompt(e.question, e.memories, tokenizer=tokenizer)
-        rows.append({"prompt": messages, "completion": [{"role": "assistant", "content": answer_target(e.answer, shown)}]})
+        rows.append({"prompt": messages, "completion": [{"role": "assistant", "content": answer_target(e.answer, shown, question=e.question)}]})
     return rows
 
 
