@@ -264,8 +264,16 @@ def run_label(summary: dict[str, Any]) -> str:
     for role in ("manager", "answer"):
         spec = summary.get(f"{role}_model")
         if spec:
-            parts.append(f"{role}={Path(str(spec)).name or spec}")
+            parts.append(f"{role}={_short_model(str(spec))}")
     return f"{summary['method']} ({', '.join(parts)})"
+
+
+def _short_model(spec: str) -> str:
+    """A model folder's last two path parts (``train2/answer`` tells runs of two
+    trainings apart where ``answer`` would not); other specs as they are."""
+    path = Path(spec)
+    parts = [p for p in path.parts if p != path.anchor]
+    return "/".join(parts[-2:]) or spec
 
 
 def write_compare(run_dirs: Sequence[Path], out: Path, *, f1_kind: str | None = None, metric: str = "f1") -> Path:

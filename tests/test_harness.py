@@ -265,9 +265,11 @@ def test_load_conversations_specs(tmp_path, data_file):
     [
         ({"method": "rag", "model": "default"}, "rag (default)"),
         ({"method": "memory-r1", "model": "default", "manager_model": None, "answer_model": "runs/train/answer"},
-         "memory-r1 (default, answer=answer)"),
+         "memory-r1 (default, answer=train/answer)"),
         ({"method": "memory-r1", "model": "default", "manager_model": "/x/mgr/", "answer_model": "openai:m@h"},
-         "memory-r1 (default, manager=mgr, answer=openai:m@h)"),
+         "memory-r1 (default, manager=x/mgr, answer=openai:m@h)"),
+        ({"method": "memory-r1", "model": "default", "manager_model": "/mgr", "answer_model": "answer"},
+         "memory-r1 (default, manager=mgr, answer=answer)"),
     ],
 )
 def test_run_label_tells_runs_of_one_method_apart(summary, label):
