@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 from data.schema import Conversation, Session, Turn
-from memory_agent.answer import ANSWER_MAX_NEW_TOKENS, AnswerAgent, display_date, parse_answer
+from memory_agent.answer import ANSWER_MAX_NEW_TOKENS, AnswerAgent, display_date, parse_answer, shown_messages
 from memory_agent.errors import ConfigError
 from memory_agent.memory import Memory
 from memory_agent.prompts import answer_messages
@@ -263,9 +263,8 @@ class MemoryR1Method(_Base):
         out = []
         for question, ans, s_ms, a_ms in zip(questions, answers, search_ms, answer_ms):
             shown = list(ans.retrieved or [])  # everything the model was shown
-            # The Answer Agent's prompt rebuilt from what it was shown (dated as it dates
-            # them), so context_tokens means the same for every method: the whole prompt.
-            dated = [(display_date(m), str(m.text)) for m in shown]
+            # The Answer Agent's prompt rebuilt from what it was shown, so
+            # context_tokens means the same for every method: the whole prompt.
             out.append(Prediction(
                 text=str(ans.text),
                 valid=bool(ans.valid),
@@ -274,7 +273,7 @@ class MemoryR1Method(_Base):
                 memories=[str(m.text) for m in (ans.memories or [])],
                 search_ms=s_ms,
                 answer_ms=a_ms,
-                context_tokens=count_tokens(self.mem.answer_llm, answer_messages(question, dated)),
+                context_tokens=count_tokens(self.mem.answer_llm, shown_messages(question, shown)),
             ))
         return out
 

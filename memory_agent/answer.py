@@ -22,7 +22,7 @@ from typing import Any
 from memory_agent.llms.base import LLM
 from memory_agent.prompts import answer_messages
 
-__all__ = ["Answer", "AnswerAgent", "parse_answer", "display_date", "ANSWER_MAX_NEW_TOKENS"]
+__all__ = ["Answer", "AnswerAgent", "parse_answer", "display_date", "shown_messages", "ANSWER_MAX_NEW_TOKENS"]
 
 ANSWER_MAX_NEW_TOKENS = 64
 _STRICT_MARKER = re.compile(r"\*\*\s*answer\s*(?::\s*\*\*|\*\*\s*:)", re.IGNORECASE)
@@ -122,7 +122,7 @@ class AnswerAgent:
             budget -= cost
             kept.append(h)
         kept.sort(key=lambda h: (_date(h), h.id))
-        return answer_messages(question, [(display_date(h), h.text) for h in kept]), kept
+        return shown_messages(question, kept), kept
 
     def answer(self, question: str, user_id: str, speakers: Sequence[str] | None = None) -> Answer:
         return self.answer_many([question], user_id, speakers=speakers)[0]
@@ -148,6 +148,11 @@ class AnswerAgent:
 def _date(record: Any) -> str:
     """ISO date (sorts chronologically); the time of day costs tokens and rarely matters."""
     return str(getattr(record, "updated_at", "") or getattr(record, "created_at", ""))[:10]
+
+
+def shown_messages(question: str, shown: Sequence[Any]) -> list[dict[str, str]]:
+    """The Answer Agent's messages for memories already chosen and ordered (``[i] date: text``)."""
+    return answer_messages(question, [(display_date(m), str(m.text)) for m in shown])
 
 
 def display_date(record: Any) -> str:

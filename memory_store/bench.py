@@ -79,6 +79,8 @@ def run_store_benchmark(n: int = 100_000, *, dim: int = 384, index: str = "flat"
                         ef_search: int | None = None, ef_sweep: Sequence[int] = (), seed: int = 0,
                         progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Build a store of ``n`` synthetic memories and time add/search/delete; returns a dict."""
+    if ef_sweep and index != "hnsw":
+        raise ValueError(f"ef_sweep needs the hnsw index (efSearch), not {index!r}")
     say = progress or (lambda msg: None)
     rng = np.random.default_rng(seed)
     centers = rng.standard_normal((max(16, n // 200), dim), dtype=np.float32)
@@ -131,7 +133,7 @@ def run_store_benchmark(n: int = 100_000, *, dim: int = 384, index: str = "flat"
             result["recall_at_10"] = round(recall, 4)
             say(f"search p50 {result['search_p50_ms']} ms, numpy {result['numpy_scan_p50_ms']} ms, "
                 f"recall@10 {recall:.3f}")
-            if ef_sweep and index == "hnsw":
+            if ef_sweep:
                 default_ef = store.ef_search
                 result["ef_sweep"] = [_sweep_point(store, ef, qs, exact, k) for ef in ef_sweep]
                 for point in result["ef_sweep"]:

@@ -39,6 +39,9 @@ def test_ef_sweep_measures_each_value_on_one_build(tmp_path):
     assert [low["ef_search"], high["ef_search"]] == [1, 200] and res["ef_search"] == 32
     # efSearch 200 over 2,000 vectors explores nearly everything; efSearch 1 is clamped to k=10.
     assert high["recall_at_10"] >= low["recall_at_10"] and high["recall_at_10"] >= 0.95
+    with pytest.raises(ValueError, match="hnsw"):  # flat has no efSearch: refused before any work
+        run_store_benchmark(50, dim=8, index="flat", path=tmp_path / "f", ef_sweep=[64])
+    assert not (tmp_path / "f").exists()
 
 
 def test_ef_sweep_cli_errors_are_one_clear_line():
