@@ -39,6 +39,7 @@ from data.synthetic import generate
 from eval import metrics
 from eval.methods import IngestStats, MethodConfig, Prediction, make_method
 from eval.report import details, read_rows, summarize, write_compare, write_report
+from memory_agent.defaults import ANSWER_K
 from memory_agent.errors import ConfigError
 from memory_agent.llms import resolve_llm
 from memory_agent.memory import resolve_embedder
@@ -64,7 +65,7 @@ class EvalConfig:
     judge: Any = None
     embedder: Any = "default"
     f1: str = "mem0"
-    top_k: int = 60
+    top_k: int = ANSWER_K
     answer_batch: int = 8  # questions per model call; latencies are per question, amortised
     context_window: int | None = None
     progress: bool = True

@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 from data.schema import Conversation, Session, Turn
-from memory_agent.answer import ANSWER_MAX_NEW_TOKENS, AnswerAgent, display_date, parse_answer, shown_messages
+from memory_agent.answer import AnswerAgent, display_date, parse_answer, shown_messages
+from memory_agent.defaults import ANSWER_K, ANSWER_MAX_NEW_TOKENS
 from memory_agent.errors import ConfigError
 from memory_agent.memory import Memory
 from memory_agent.prompts import answer_messages
@@ -64,7 +65,7 @@ class MethodConfig:
     embedder: Any
     manager_llm: Any = None
     answer_llm: Any = None
-    top_k: int = 60  # rag: turns retrieved per question (the Answer Agent's k)
+    top_k: int = ANSWER_K  # rag: turns retrieved per question (the Answer Agent's k)
     context_window: int | None = None  # full-context: tokens; None = the model's own
 
     @property

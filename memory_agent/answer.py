@@ -9,6 +9,11 @@ of the embedded model by dropping the *least relevant* memories first.
 
 A reply without the marker is not hidden: the last line becomes the answer,
 ``valid=False``, and callers count it.
+
+The steps are public so that training and evaluation use exactly these:
+:meth:`AnswerAgent.prompt` (retrieval, budget, display order) and
+:meth:`AnswerAgent.read` (the parser). Any
+:class:`~memory_store.MemoryBackend` works as the store.
 """
 
 from __future__ import annotations
@@ -17,14 +22,14 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Any
+from typing import Any, Callable
 
+from memory_agent.defaults import ANSWER_K, ANSWER_MAX_NEW_TOKENS, ANSWER_MAX_PROMPT_TOKENS
 from memory_agent.llms.base import LLM
-from memory_agent.prompts import answer_messages
+from memory_agent.prompts import Messages, answer_messages
 
-__all__ = ["Answer", "AnswerAgent", "parse_answer", "display_date", "shown_messages", "ANSWER_MAX_NEW_TOKENS"]
+__all__ = ["Answer", "AnswerAgent", "parse_answer", "display_date", "shown_messages"]
 
-ANSWER_MAX_NEW_TOKENS = 64
 _STRICT_MARKER = re.compile(r"\*\*\s*answer\s*(?::\s*\*\*|\*\*\s*:)", re.IGNORECASE)
 
 
@@ -71,20 +76,24 @@ def parse_answer(raw: str, n_shown: int) -> tuple[str, list[int], bool]:
 
 
 class AnswerAgent:
+    """Retrieves, prompts, generates and parses; ``llm`` may be None for prompt/read only."""
+
     def __init__(
         self,
-        llm: LLM,
+        llm: LLM | None,
         store: Any,
         *,
-        k: int = 60,
-        max_prompt_tokens: int = 1900,
+        k: int = ANSWER_K,
+        max_prompt_tokens: int = ANSWER_MAX_PROMPT_TOKENS,
         max_new_tokens: int = ANSWER_MAX_NEW_TOKENS,
+        count_tokens: Callable[[str], int] | None = None,
     ):
         self.llm = llm
         self.store = store
         self.k = k
         self.max_prompt_tokens = max_prompt_tokens
         self.max_new_tokens = max_new_tokens
+        self._count_tokens = count_tokens
 
     def speakers(self, user_id: str) -> list[str]:
         seen: dict[str, None] = {}
@@ -105,12 +114,14 @@ class AnswerAgent:
         return self.store.search(question, user_id=user_id, k=self.k)
 
     def _count(self, text: str) -> int:
+        if self._count_tokens is not None:
+            return self._count_tokens(text)
         tok = getattr(self.llm, "tokenizer", None)
         if tok is not None:
             return len(tok(text, add_special_tokens=False)["input_ids"])
         return len(text) // 4 + 1  # ~4 characters per token for English
 
-    def build(self, question: str, hits: Sequence[Any]) -> tuple[list[dict[str, str]], list[Any]]:
+    def build(self, question: str, hits: Sequence[Any]) -> tuple[Messages, list[Any]]:
         """Prompt + the shown memories (oldest first), trimmed to the token budget."""
         base = self._count("".join(m["content"] for m in answer_messages(question, []))) + 40  # template tokens
         budget = self.max_prompt_tokens - base
@@ -124,6 +135,16 @@ class AnswerAgent:
         kept.sort(key=lambda h: (_date(h), h.id))
         return shown_messages(question, kept), kept
 
+    def prompt(self, question: str, user_id: str, speakers: Sequence[str] | None = None) -> tuple[Messages, list[Any]]:
+        """What the model is shown for ``question``: the messages and the memories in them."""
+        return self.build(question, self.retrieve(question, user_id, speakers))
+
+    @staticmethod
+    def read(question: str, shown: Sequence[Any], raw: str) -> Answer:
+        """Parse a reply to the prompt that showed ``shown`` (the product's rule, marker and all)."""
+        text, selected, valid = parse_answer(raw, len(shown))
+        return Answer(text, [shown[i] for i in selected], list(shown), raw, valid, question=question)
+
     def answer(self, question: str, user_id: str, speakers: Sequence[str] | None = None) -> Answer:
         return self.answer_many([question], user_id, speakers=speakers)[0]
 
@@ -131,18 +152,16 @@ class AnswerAgent:
         """Answer several questions with one batched generate call."""
         if not questions:
             return []
+        if self.llm is None:
+            raise ValueError("this AnswerAgent has no model: it can build prompts and read replies only")
         speakers = list(speakers) if speakers is not None else self.speakers(user_id)
         prompts, shown = [], []
         for q in questions:
-            messages, kept = self.build(q, self.retrieve(q, user_id, speakers))
+            messages, kept = self.prompt(q, user_id, speakers)
             prompts.append(messages)
             shown.append(kept)
         replies = self.llm.generate(prompts, max_new_tokens=self.max_new_tokens, temperature=0.0)
-        out = []
-        for q, kept, raw in zip(questions, shown, replies):
-            text, selected, valid = parse_answer(raw, len(kept))
-            out.append(Answer(text, [kept[i] for i in selected], list(kept), raw, valid, question=q))
-        return out
+        return [self.read(q, kept, raw) for q, kept, raw in zip(questions, shown, replies)]
 
 
 def _date(record: Any) -> str:

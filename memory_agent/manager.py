@@ -26,6 +26,14 @@ be a generation loop, and an UPDATE must share a content word with the memory
 it replaces; otherwise the turn is rejected as invalid output - small models
 otherwise overwrite good facts with invented text.
 
+The steps are public so that training scores the product's own behaviour:
+:meth:`MemoryManager.retrieve` (what is shown), :meth:`MemoryManager.messages`
+(the prompt), :meth:`MemoryManager.decide` (stop rule, parser, grounding) and
+:meth:`MemoryManager.apply_decision` (small ids -> database ids, one
+``store.apply``). The GRPO reward calls them on an
+:class:`~memory_store.InMemoryStore` fork; ingestion calls them on the real
+store. Any :class:`~memory_store.MemoryBackend` works.
+
 Documented shortcut: when a turn retrieves nothing (the user has no memories
 yet), its facts are ADDed without a model call - there is nothing to update,
 delete or duplicate. Turns without facts never reach the manager.
@@ -37,15 +45,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from memory_agent.defaults import MANAGER_MAX_NEW_TOKENS, MANAGER_STOP, MANAGER_TOP_K, WAVE_SIZE
 from memory_agent.errors import InvalidInput, InvalidModelOutput, MemoryNotFound
 from memory_agent.extraction import Fact
-from memory_agent.llms.base import LLM
+from memory_agent.llms.base import LLM, truncate_at_stop
 from memory_agent.operations import AddOp, DeleteOp, NoopOp, UpdateOp, check_grounded, parse_operations
-from memory_agent.prompts import manager_messages
+from memory_agent.prompts import Messages, manager_messages
 
 __all__ = ["TurnFacts", "AppliedChange", "Skipped", "ManageOutcome", "MemoryManager", "MANAGER_MAX_NEW_TOKENS"]
-
-MANAGER_MAX_NEW_TOKENS = 64
 
 
 @dataclass(frozen=True)
@@ -93,51 +100,90 @@ class ManageOutcome:
     redecided: int = 0  # turns re-asked because an earlier turn of the wave changed what they saw
 
 
+Decision = list[AddOp | UpdateOp | DeleteOp | NoopOp]
+
+
 class MemoryManager:
     """Decides and applies memory operations, turn by turn, in batched waves."""
 
     def __init__(
         self,
-        llm: LLM,
+        llm: LLM | None,
         store: Any,
         *,
-        top_k: int = 10,
-        wave_size: int = 32,
+        top_k: int = MANAGER_TOP_K,
+        wave_size: int = WAVE_SIZE,
         max_new_tokens: int = MANAGER_MAX_NEW_TOKENS,
         actor: str = "agent",
     ):
         if top_k < 1 or wave_size < 1:
             raise ValueError("top_k and wave_size must be >= 1")
-        self.llm = llm
+        self.llm = llm  # None: scoring only (retrieve/messages/decide/apply_decision), no manage()
         self.store = store
         self.top_k = top_k
         self.wave_size = wave_size
         self.max_new_tokens = max_new_tokens
         self.actor = actor
 
-    # ------------------------------------------------------------ retrieval
+    # ------------------------------------------------------------ the steps
     def retrieve(self, items: Sequence[TurnFacts], user_id: str) -> list[list[Any]]:
         """Top-k related memories per turn: each fact searched, best score kept per memory."""
         texts = [f for it in items for f in it.facts]
-        if not texts or self.store.count(user_id) == 0:
+        if not texts:
             return [[] for _ in items]
-        embedder = getattr(self.store, "embedder", None)
-        vecs = embedder.embed(texts) if embedder is not None else None  # one batched embed call
+        vecs = self.store.embedder.embed(texts)  # one batched embed call for the whole wave
         out: list[list[Any]] = []
         pos = 0
         for it in items:
             best: dict[int, Any] = {}
-            for fact in it.facts:
-                if vecs is not None:
-                    hits = self.store.search_vector(vecs[pos], user_id=user_id, k=self.top_k)
-                else:
-                    hits = self.store.search(fact, user_id=user_id, k=self.top_k)
-                pos += 1
-                for h in hits:
+            for _fact in it.facts:
+                for h in self.store.search_vector(vecs[pos], user_id=user_id, k=self.top_k):
                     if h.id not in best or h.score > best[h.id].score:
                         best[h.id] = h
+                pos += 1
             out.append(sorted(best.values(), key=lambda h: -h.score)[: self.top_k])
         return out
+
+    @staticmethod
+    def messages(item: TurnFacts, hits: Sequence[Any]) -> Messages:
+        """The manager's prompt for one turn: its facts and the shown memories numbered 0..n-1."""
+        return manager_messages(item.facts, [h.text for h in hits])
+
+    @staticmethod
+    def decide(item: TurnFacts, hits: Sequence[Any], raw: str) -> Decision:
+        """Read a completion as the product does: cut at the stop string, parse, check grounding.
+
+        Raises :class:`InvalidModelOutput` (with the raw text) for anything the
+        product would skip; never returns a guessed NOOP for garbage.
+        """
+        text = truncate_at_stop(raw or "", list(MANAGER_STOP))
+        ops = parse_operations(text, len(hits))
+        check_grounded(ops, item.facts, [h.text for h in hits], text)
+        return ops
+
+    def apply_decision(self, item: TurnFacts, ops: Decision, hits: Sequence[Any], user_id: str) -> list[Any]:
+        """Apply decided ops in one ``store.apply`` (small id ``i`` -> ``hits[i]``'s database id).
+
+        Returns the store's ``AppliedOp`` list (empty for a NOOP decision);
+        raises the store's ``MemoryNotFound``/``InvalidInput`` with nothing applied.
+        """
+        from memory_store import Add, Delete, Update
+
+        metadata: dict[str, Any] = {"speaker": item.speaker}
+        if item.dia_id:
+            metadata["source"] = item.dia_id
+        store_ops = []
+        for op in ops:
+            if isinstance(op, AddOp):
+                store_ops.append(Add(text=op.text, metadata=metadata))
+            elif isinstance(op, UpdateOp):
+                store_ops.append(Update(id=hits[op.id].id, text=op.text))
+            elif isinstance(op, DeleteOp):
+                store_ops.append(Delete(id=hits[op.id].id))
+        if not store_ops:
+            return []
+        return self.store.apply(store_ops, user_id=user_id, actor=self.actor, source=item.dia_id,
+                                timestamp=item.timestamp)
 
     # ------------------------------------------------------------ main loop
     def manage(self, items: Sequence[TurnFacts], user_id: str) -> ManageOutcome:
@@ -155,8 +201,11 @@ class MemoryManager:
         asked = [i for i, s in enumerate(shown) if s]
         replies: dict[int, str] = {}
         if asked:
-            batch = [manager_messages(wave[i].facts, [h.text for h in shown[i]]) for i in asked]
-            texts = self.llm.generate(batch, max_new_tokens=self.max_new_tokens, temperature=0.0, stop=["\n\n"])
+            if self.llm is None:
+                raise InvalidInput("this MemoryManager has no model: it can score decisions, not make them")
+            batch = [self.messages(wave[i], shown[i]) for i in asked]
+            texts = self.llm.generate(batch, max_new_tokens=self.max_new_tokens, temperature=0.0,
+                                      stop=list(MANAGER_STOP))
             replies = dict(zip(asked, texts))
             outcome.model_calls += 1
             outcome.decisions += len(asked)
@@ -167,12 +216,7 @@ class MemoryManager:
             if hits:
                 raw = replies[i]
                 try:
-                    ops = parse_operations(raw, len(hits))
-                except InvalidModelOutput as exc:
-                    outcome.skipped.append(Skipped("manage", item.dia_id, exc.args[0], raw))
-                    continue
-                try:
-                    check_grounded(ops, item.facts, [h.text for h in hits], raw)
+                    ops = self.decide(item, hits, raw)
                 except InvalidModelOutput as exc:
                     outcome.skipped.append(Skipped("manage", item.dia_id, exc.args[0], raw))
                     continue
@@ -189,32 +233,16 @@ class MemoryManager:
             changed |= self._apply(item, ops, hits, user_id, outcome, direct=not hits)
         return retry
 
-    def _apply(self, item: TurnFacts, ops: list, hits: list, user_id: str, outcome: ManageOutcome, *, direct: bool) -> set[int]:
-        from memory_store import Add, Delete, Update
-
-        metadata: dict[str, Any] = {"speaker": item.speaker}
-        if item.dia_id:
-            metadata["source"] = item.dia_id
-        store_ops = []
-        for op in ops:
-            if isinstance(op, AddOp):
-                store_ops.append(Add(text=op.text, metadata=metadata))
-            elif isinstance(op, UpdateOp):
-                store_ops.append(Update(id=hits[op.id].id, text=op.text))  # small id -> this user's db id
-            elif isinstance(op, DeleteOp):
-                store_ops.append(Delete(id=hits[op.id].id))
-            elif not isinstance(op, NoopOp):  # pragma: no cover - parse_operations returns only these
-                raise TypeError(f"unexpected op {op!r}")
-        if not store_ops:
-            outcome.noops += 1
-            return set()
+    def _apply(self, item: TurnFacts, ops: Decision, hits: list, user_id: str, outcome: ManageOutcome, *,
+               direct: bool) -> set[int]:
         try:
-            applied = self.store.apply(
-                store_ops, user_id=user_id, actor=self.actor, source=item.dia_id, timestamp=item.timestamp
-            )
+            applied = self.apply_decision(item, ops, hits, user_id)
         except (MemoryNotFound, InvalidInput) as exc:
             # The store validated and refused the whole batch; nothing was applied.
             outcome.skipped.append(Skipped("apply", item.dia_id, str(exc), None))
+            return set()
+        if not applied:
+            outcome.noops += 1
             return set()
         touched: set[int] = set()
         for a in applied:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from memory_agent.answer import Answer, AnswerAgent
+from memory_agent.defaults import ANSWER_K, MANAGER_TOP_K, WAVE_SIZE
 from memory_agent.errors import ConfigError, InvalidInput
 from memory_agent.extraction import Fact, Turn, extract_facts, parse_session_date
 from memory_agent.llms.base import LLM
@@ -86,9 +87,9 @@ class Memory:
         extract_llm: str | LLM | None = None,
         manager_llm: str | LLM | None = None,
         answer_llm: str | LLM | None = None,
-        top_k: int = 10,
-        answer_k: int = 60,
-        wave_size: int = 32,
+        top_k: int = MANAGER_TOP_K,
+        answer_k: int = ANSWER_K,
+        wave_size: int = WAVE_SIZE,
     ):
         self.store = store
         self._specs = {

@@ -1,23 +1,32 @@
 """memory_store: long-term memories in SQLite (truth) with a derived FAISS index.
 
+``MemoryStore`` is the durable store; ``InMemoryStore`` implements the same
+contract (:class:`MemoryBackend`) in memory with copy-on-write forks, for
+training rewards and scratch work.
+
 Imports no other package of this project and never imports torch (the
 sentence-transformers embedder loads it lazily when constructed).
 """
 
 from __future__ import annotations
 
-from memory_store.embedders import Embedder, HashingEmbedder, SentenceTransformerEmbedder
+from memory_store.embedders import CachingEmbedder, Embedder, HashingEmbedder, SentenceTransformerEmbedder
 from memory_store.errors import (
     EmbeddingDimensionMismatch, InvalidInput, MemoryAgentError, MemoryNotFound, SchemaTooNew, StoreError,
 )
 from memory_store.records import (
     Add, AppliedOp, Delete, HistoryEntry, MemoryRecord, Noop, SearchHit, StoreOp, Update,
 )
+from memory_store.inmemory import InMemoryStore
+from memory_store.protocol import MemoryBackend
 from memory_store.store import MemoryStore
 
 __all__ = [
     "MemoryStore",
+    "InMemoryStore",
+    "MemoryBackend",
     "Embedder",
+    "CachingEmbedder",
     "HashingEmbedder",
     "SentenceTransformerEmbedder",
     "Add",

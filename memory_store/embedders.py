@@ -25,6 +25,7 @@ from memory_store.errors import InvalidInput, StoreError
 
 __all__ = [
     "Embedder",
+    "CachingEmbedder",
     "HashingEmbedder",
     "SentenceTransformerEmbedder",
     "default_minilm_path",
@@ -162,3 +163,34 @@ class SentenceTransformerEmbedder:
         vecs = self._model.encode(items, batch_size=self.batch_size, convert_to_numpy=True,
                                   normalize_embeddings=True, show_progress_bar=False)
         return normalize_rows(np.asarray(vecs, dtype=np.float32).reshape(len(items), self.dim))
+
+
+class CachingEmbedder:
+    """Wraps an embedder and remembers the vector of every text it has embedded.
+
+    GRPO rewards and training replays embed the same texts over and over (the
+    questions of an episode for every sampled completion, the facts a group's
+    completions ADD); a dict lookup replaces a model call. Unbounded by
+    design for training-sized workloads; ``clear()`` frees it.
+    """
+
+    def __init__(self, inner: Embedder) -> None:
+        self.inner = inner
+        self.dim = int(inner.dim)
+        self._cache: dict[str, np.ndarray] = {}
+
+    def __repr__(self) -> str:
+        return f"CachingEmbedder({self.inner!r}, cached={len(self._cache)})"
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        texts = _check_texts(texts)
+        missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
+        if missing:
+            vecs = np.asarray(self.inner.embed(missing), dtype=np.float32)
+            self._cache.update(zip(missing, vecs))
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.stack([self._cache[t] for t in texts]).astype(np.float32, copy=False)
+
+    def clear(self) -> None:
+        self._cache.clear()

@@ -351,6 +351,19 @@ class VectorIndex:
         top = _topk(scores, min(k, len(keep)))
         return keep[top], scores[top]
 
+    def copy(self) -> "VectorIndex":
+        """An independent deep copy (the in-memory store's copy-on-write forks use it)."""
+        out = VectorIndex(self.dim, self.kind, self.ef_search)
+        for user, sub in self.users.items():
+            info, parts = sub.to_bytes()
+            clone = _CLASSES[self.kind].from_bytes(self.dim, info, [bytes(memoryview(b).cast("B")) for b in parts])
+            if isinstance(clone, HNSWUserIndex):
+                clone.ef_search = self.ef_search
+            out.users[user] = clone
+        out.owner = dict(self.owner)
+        out.seq = self.seq
+        return out
+
     def user_ids(self, user_id: str) -> np.ndarray:
         sub = self.users.get(user_id)
         return sub.ids() if sub is not None else np.empty(0, np.int64)

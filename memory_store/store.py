@@ -29,17 +29,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import ValidationError
-
 from memory_store import schema
 from memory_store.embedders import Embedder
 from memory_store.errors import EmbeddingDimensionMismatch, InvalidInput, MemoryNotFound, StoreError
 from memory_store.index import HNSW_EF_SEARCH, INDEX_KINDS, IndexLoadError, VectorIndex
 from memory_store.records import (
-    STORE_OP_ADAPTER, Add, AppliedOp, Delete, HistoryEntry, MemoryRecord, Noop, SearchHit, Update,
+    Add, AppliedOp, Delete, HistoryEntry, MemoryRecord, SearchHit, Update,
 )
 from memory_store.validation import (
-    check_filter, check_id, check_k, check_label, check_metadata, check_text, check_timestamp,
+    check_filter, check_id, check_k, check_label, check_metadata, check_ops, check_text, check_timestamp,
     check_user, check_vectors,
 )
 
@@ -358,28 +356,7 @@ class MemoryStore:
         user_id = check_user(user_id)
         ts = check_timestamp(timestamp)
         actor, source = check_label(actor, "actor", optional=False), check_label(source, "source", optional=True)
-        if isinstance(ops, (str, bytes, dict)):
-            raise InvalidInput("apply() takes a sequence of ops")
-        parsed = []
-        for op in ops:
-            if not isinstance(op, (Add, Update, Delete, Noop)):
-                try:
-                    op = STORE_OP_ADAPTER.validate_python(op)
-                except ValidationError as exc:
-                    raise InvalidInput(f"invalid store op {op!r}: {exc}") from exc
-            parsed.append(op)
-        deleted: set[int] = set()
-        texts: list[str] = []
-        for op in parsed:
-            if isinstance(op, (Add, Update)):
-                texts.append(check_text(op.text))
-            if isinstance(op, Add):
-                check_metadata(op.metadata)
-            if isinstance(op, (Update, Delete)):
-                if op.id in deleted:
-                    raise MemoryNotFound(op.id, user_id)
-                if isinstance(op, Delete):
-                    deleted.add(op.id)
+        parsed, texts = check_ops(ops, user_id)
         vecs = iter(self._embed(texts)) if texts else iter(())
         plan: list[tuple] = []
         for op in parsed:

@@ -14,7 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from memory_store.errors import EmbeddingDimensionMismatch, InvalidInput
+from pydantic import ValidationError
+
+from memory_store.errors import EmbeddingDimensionMismatch, InvalidInput, MemoryNotFound
+from memory_store.records import STORE_OP_ADAPTER, Add, Delete, Noop, Update
 
 __all__ = [
     "check_user",
@@ -26,6 +29,8 @@ __all__ = [
     "check_label",
     "check_vectors",
     "check_filter",
+    "check_ops",
+    "matches_filter",
     "now_iso",
 ]
 
@@ -150,3 +155,58 @@ def check_filter(metadata_filter: Any) -> list[tuple[str, str, list[Any]]]:
         else:
             raise InvalidInput(f"metadata_filter value for {key!r} must be JSON-like, got {type(value).__name__}")
     return out
+
+
+def matches_filter(metadata: dict[str, Any], metadata_filter: dict[str, Any] | None) -> bool:
+    """Whether ``metadata`` passes ``metadata_filter`` (checked by :func:`check_filter`).
+
+    The same rule as the SQL ``check_filter`` builds, for stores without SQL:
+    the key must be present and its value of the same JSON type and equal
+    (``True`` is not ``1``, ``"1"`` is not ``1``).
+    """
+    for key, want in (metadata_filter or {}).items():
+        if key not in metadata:
+            return False
+        have = metadata[key]
+        if want is None or isinstance(want, bool) or isinstance(have, bool):
+            if not (have is want or (isinstance(have, bool) and isinstance(want, bool) and have == want)):
+                return False
+        elif isinstance(want, (int, float)):
+            if not isinstance(have, (int, float)) or have != want:
+                return False
+        elif type(have) is not type(want) or have != want:
+            return False
+    return True
+
+
+def check_ops(ops: Any, user_id: str) -> tuple[list[Add | Update | Delete | Noop], list[str]]:
+    """Validate a batch for ``apply()``: typed ops and the texts to embed, in order.
+
+    Raises before anything changes: ``InvalidInput`` for a malformed op, text
+    or metadata, ``MemoryNotFound`` for an UPDATE/DELETE of an id the same
+    batch already deleted. Ids are checked against the user by the store,
+    under its write lock.
+    """
+    if isinstance(ops, (str, bytes, dict)):
+        raise InvalidInput("apply() takes a sequence of ops")
+    parsed = []
+    for op in ops:
+        if not isinstance(op, (Add, Update, Delete, Noop)):
+            try:
+                op = STORE_OP_ADAPTER.validate_python(op)
+            except ValidationError as exc:
+                raise InvalidInput(f"invalid store op {op!r}: {exc}") from exc
+        parsed.append(op)
+    deleted: set[int] = set()
+    texts: list[str] = []
+    for op in parsed:
+        if isinstance(op, (Add, Update)):
+            texts.append(check_text(op.text))
+        if isinstance(op, Add):
+            check_metadata(op.metadata)
+        if isinstance(op, (Update, Delete)):
+            if op.id in deleted:
+                raise MemoryNotFound(op.id, user_id)
+            if isinstance(op, Delete):
+                deleted.add(op.id)
+    return parsed, texts

@@ -31,6 +31,36 @@ def store(tmp_path, embedder):
     s.close()
 
 
+@pytest.fixture(params=["sqlite", "memory"])
+def make_backend(request, tmp_path):
+    """Factory of stores under the shared contract: ``MemoryStore`` and ``InMemoryStore``.
+
+    Contract tests take this fixture, so every one of them runs on both.
+    """
+    from memory_store import InMemoryStore, MemoryStore
+
+    made = []
+
+    def make(embedder, name="store", index="flat"):
+        if request.param == "memory":
+            s = InMemoryStore(embedder)
+        else:
+            s = MemoryStore(tmp_path / name, embedder=embedder, index=index)
+        made.append(s)
+        return s
+
+    make.kind = request.param
+    yield make
+    for s in made:
+        s.close()
+
+
+@pytest.fixture
+def backend(make_backend, embedder):
+    """One store of each kind under the shared contract."""
+    return make_backend(embedder)
+
+
 @pytest.fixture
 def scripted():
     """Factory: ``scripted(["reply 1", "reply 2"])`` -> a ScriptedLLM."""

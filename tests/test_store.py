@@ -1,4 +1,8 @@
-"""Core behaviour of memory_store.MemoryStore: CRUD, scoping, apply, filters, I/O."""
+"""Core behaviour of the stores: CRUD, scoping, apply, filters, I/O.
+
+Tests taking ``backend``/``make_backend`` are the store contract and run on both
+``MemoryStore`` and ``InMemoryStore``; the others are about SQLite/FAISS itself.
+"""
 
 from __future__ import annotations
 
@@ -18,39 +22,42 @@ def snapshot(store: MemoryStore, user_id: str) -> list[tuple]:
     return [(r.id, r.text, r.updated_at, json.dumps(r.metadata)) for r in store.list(user_id)]
 
 
-def index_ids(store: MemoryStore) -> set[int]:
+def index_ids(store) -> set[int]:
     return set(store._index.owner)
 
 
-def db_ids(store: MemoryStore) -> set[int]:
-    return {r[0] for r in store._db.conn.execute("SELECT id FROM memories")}
+def db_ids(store) -> set[int]:
+    if isinstance(store, MemoryStore):
+        return {r[0] for r in store._db.conn.execute("SELECT id FROM memories")}
+    return set(store._records)
 
 
-def test_crud_roundtrip(store):
-    mid = store.add("Alice likes green tea", user_id="u1", metadata={"speaker": "Alice"}, timestamp="2023-05-08T13:56:00")
-    rec = store.get(mid, user_id="u1")
+def test_crud_roundtrip(backend):
+    mid = backend.add("Alice likes green tea", user_id="u1", metadata={"speaker": "Alice"}, timestamp="2023-05-08T13:56:00")
+    rec = backend.get(mid, user_id="u1")
     assert isinstance(rec, MemoryRecord)
     assert (rec.id, rec.user_id, rec.text, rec.metadata) == (mid, "u1", "Alice likes green tea", {"speaker": "Alice"})
     assert rec.created_at == rec.updated_at == "2023-05-08T13:56:00"
     assert len(rec.hash) == 64
-    upd = store.update(mid, "Alice likes black coffee", user_id="u1", actor="agent", source="turn-3")
+    upd = backend.update(mid, "Alice likes black coffee", user_id="u1", actor="agent", source="turn-3")
     assert upd.text == "Alice likes black coffee" and upd.created_at == rec.created_at
-    hits = store.search("coffee", user_id="u1", k=3)
+    hits = backend.search("coffee", user_id="u1", k=3)
     assert [h.id for h in hits] == [mid] and isinstance(hits[0], SearchHit) and hits[0].score > 0
-    gone = store.delete(mid, user_id="u1")
+    gone = backend.delete(mid, user_id="u1")
     assert gone.text == "Alice likes black coffee"
     with pytest.raises(MemoryNotFound):
-        store.get(mid, user_id="u1")
-    hist = store.history(mid, user_id="u1")
+        backend.get(mid, user_id="u1")
+    hist = backend.history(mid, user_id="u1")
     assert [h.event for h in hist] == ["ADD", "UPDATE", "DELETE"]
     assert isinstance(hist[0], HistoryEntry)
     assert (hist[1].old_text, hist[1].new_text, hist[1].actor, hist[1].source) == (
         "Alice likes green tea", "Alice likes black coffee", "agent", "turn-3")
     assert hist[2].old_text == "Alice likes black coffee" and hist[2].new_text is None
-    assert store.count() == 0 and store.search("coffee", user_id="u1") == []
+    assert backend.count() == 0 and backend.search("coffee", user_id="u1") == []
 
 
-def test_search_order_list_count_stats(store):
+def test_search_order_list_count_stats(backend):
+    store = backend
     ids = store.add_many(["the cat sat on the mat", "dogs bark loudly", "a cat and a dog"], user_id="u1",
                          timestamps=["2024-01-03T00:00:00", "2024-01-01T00:00:00", "2024-01-02T00:00:00"])
     store.add("cats everywhere", user_id="u2")
@@ -59,8 +66,8 @@ def test_search_order_list_count_stats(store):
     assert [r.id for r in store.list("u1")] == [ids[1], ids[2], ids[0]]  # oldest first
     assert store.count() == 4 and store.count("u1") == 3 and store.count("nobody") == 0
     st = store.stats()
-    assert st["n"] == 4 and st["users"] == 2 and st["index"] == "flat" and st["db_size_bytes"] > 0
-    assert store.dim == 64 and store.path.exists()
+    assert st["n"] == 4 and st["users"] == 2 and st["index"] == "flat"
+    assert store.dim == 64
 
 
 def test_reopen_and_search_after_restart(tmp_path, embedder):
@@ -75,11 +82,11 @@ def test_reopen_and_search_after_restart(tmp_path, embedder):
         assert index_ids(s) == db_ids(s)
 
 
-def test_apply_batch_and_atomicity(store):
-    a = store.add("one", user_id="u1")
-    b = store.add("two", user_id="u1")
-    other = store.add("theirs", user_id="u2")
-    before = snapshot(store, "u1"), store.count()
+def test_apply_batch_and_atomicity(backend):
+    a = backend.add("one", user_id="u1")
+    b = backend.add("two", user_id="u1")
+    other = backend.add("theirs", user_id="u2")
+    before = snapshot(backend, "u1"), backend.count()
     bad_batches = [
         [Add(text="new"), Update(id=a, text="uno"), Delete(id=999)],            # unknown id
         [Add(text="new"), Update(id=other, text="mine now")],                   # other user's id
@@ -88,30 +95,32 @@ def test_apply_batch_and_atomicity(store):
     ]
     for ops in bad_batches:
         with pytest.raises(MemoryNotFound):
-            store.apply(ops, user_id="u1")
+            backend.apply(ops, user_id="u1")
     for ops in ([Add(text="ok"), Update(id=a, text="   ")], [{"op": "ADD", "text": "x", "extra": 1}],
                 [{"op": "MERGE", "id": a}], [Add(text="ok"), Add(text="")]):
         with pytest.raises(InvalidInput):
-            store.apply(ops, user_id="u1")
-    assert (snapshot(store, "u1"), store.count()) == before
-    assert store.get(other, "u2").text == "theirs"
-    res = store.apply([Add(text="three", metadata={"k": 1}), Update(id=a, text="uno"), Update(id=a, text="eins"),
+            backend.apply(ops, user_id="u1")
+    assert (snapshot(backend, "u1"), backend.count()) == before
+    assert backend.get(other, "u2").text == "theirs"
+    res = backend.apply([Add(text="three", metadata={"k": 1}), Update(id=a, text="uno"), Update(id=a, text="eins"),
                        Delete(id=b), Noop(), {"op": "NOOP"}], user_id="u1", actor="agent", source="turn-9")
     assert [r.op for r in res] == ["ADD", "UPDATE", "UPDATE", "DELETE", "NOOP", "NOOP"]
     assert isinstance(res[0], AppliedOp) and res[0].new_text == "three"
     assert (res[2].old_text, res[2].new_text) == ("uno", "eins")
-    assert store.get(a, "u1").text == "eins" and store.get(res[0].id, "u1").metadata == {"k": 1}
+    assert backend.get(a, "u1").text == "eins" and backend.get(res[0].id, "u1").metadata == {"k": 1}
     with pytest.raises(MemoryNotFound):
-        store.get(b, "u1")
-    assert [h.event for h in store.history(a, "u1")] == ["ADD", "UPDATE", "UPDATE"]
-    assert index_ids(store) == db_ids(store)
-    hit = store.search("eins", user_id="u1", k=1)[0]
+        backend.get(b, "u1")
+    assert [h.event for h in backend.history(a, "u1")] == ["ADD", "UPDATE", "UPDATE"]
+    assert index_ids(backend) == db_ids(backend)
+    hit = backend.search("eins", user_id="u1", k=1)[0]
     assert hit.id == a
 
 
 @pytest.mark.parametrize("kind", ["flat", "hnsw"])
-def test_user_isolation_hostile_mix(tmp_path, embedder, kind):
-    s = MemoryStore(tmp_path / "s", embedder=embedder, index=kind)
+def test_user_isolation_hostile_mix(make_backend, embedder, kind):
+    if kind == "hnsw" and make_backend.kind == "memory":
+        pytest.skip("the in-memory store has only the exact index")
+    s = make_backend(embedder, index=kind)
     texts = [f"bob note {i} pizza pasta" for i in range(990)]
     s.add_many(texts, user_id="bob")
     mine = s.add_many([f"alice memo {i} tea" for i in range(10)], user_id="alice")
@@ -130,8 +139,10 @@ def test_user_isolation_hostile_mix(tmp_path, embedder, kind):
 
 
 @pytest.mark.parametrize("kind", ["flat", "hnsw"])
-def test_metadata_filter_returns_k(tmp_path, embedder, kind):
-    s = MemoryStore(tmp_path / kind, embedder=embedder, index=kind)
+def test_metadata_filter_returns_k(make_backend, embedder, kind):
+    if kind == "hnsw" and make_backend.kind == "memory":
+        pytest.skip("the in-memory store has only the exact index")
+    s = make_backend(embedder, index=kind)
     metas = [{"speaker": "Alice" if i % 10 == 0 else "Bob", "n": i, "flag": i % 2 == 0} for i in range(300)]
     s.add_many([f"holiday plan {i} beach" for i in range(300)], user_id="u1", metadatas=metas)
     hits = s.search("holiday plan beach", user_id="u1", k=8, metadata_filter={"speaker": "Alice"})
@@ -160,52 +171,52 @@ def test_hnsw_crud_and_tombstones(tmp_path, embedder):
         assert len(s2.search("item color", "u1", k=100)) == 50 and index_ids(s2) == db_ids(s2)
 
 
-def test_bad_input_raises_before_change(store):
-    mid = store.add("keep me", user_id="u1")
-    before = snapshot(store, "u1")
+def test_bad_input_raises_before_change(backend):
+    mid = backend.add("keep me", user_id="u1")
+    before = snapshot(backend, "u1")
     bad = [
-        lambda: store.add("", user_id="u1"), lambda: store.add("   \n", user_id="u1"),
-        lambda: store.add(None, user_id="u1"), lambda: store.add(42, user_id="u1"),
-        lambda: store.add("x", user_id=""), lambda: store.add("x", user_id=None), lambda: store.add("x", user_id=3),
-        lambda: store.add("x", user_id="u1", metadata=["a"]), lambda: store.add("x", "u1", metadata={"a": object()}),
-        lambda: store.add("x", "u1", timestamp="yesterday"), lambda: store.add_many("abc", user_id="u1"),
-        lambda: store.add_many(["ok", ""], user_id="u1"), lambda: store.update(mid, "", user_id="u1"),
-        lambda: store.search("x", user_id="u1", k=0), lambda: store.search("x", user_id="u1", k=-1),
-        lambda: store.search("", user_id="u1"), lambda: store.get("1", user_id="u1"),
-        lambda: store.add_many(["a", "b"], user_id="u1", metadatas=[{}]),
+        lambda: backend.add("", user_id="u1"), lambda: backend.add("   \n", user_id="u1"),
+        lambda: backend.add(None, user_id="u1"), lambda: backend.add(42, user_id="u1"),
+        lambda: backend.add("x", user_id=""), lambda: backend.add("x", user_id=None), lambda: backend.add("x", user_id=3),
+        lambda: backend.add("x", user_id="u1", metadata=["a"]), lambda: backend.add("x", "u1", metadata={"a": object()}),
+        lambda: backend.add("x", "u1", timestamp="yesterday"), lambda: backend.add_many("abc", user_id="u1"),
+        lambda: backend.add_many(["ok", ""], user_id="u1"), lambda: backend.update(mid, "", user_id="u1"),
+        lambda: backend.search("x", user_id="u1", k=0), lambda: backend.search("x", user_id="u1", k=-1),
+        lambda: backend.search("", user_id="u1"), lambda: backend.get("1", user_id="u1"),
+        lambda: backend.add_many(["a", "b"], user_id="u1", metadatas=[{}]),
     ]
     for call in bad:
         with pytest.raises(InvalidInput):
             call()
     with pytest.raises(MemoryNotFound):
-        store.update(12345, "x", user_id="u1")
+        backend.update(12345, "x", user_id="u1")
     with pytest.raises(MemoryNotFound):
-        store.delete(12345, user_id="u1")
+        backend.delete(12345, user_id="u1")
     with pytest.raises(EmbeddingDimensionMismatch):
-        store.add_many(["a"], user_id="u1", embeddings=np.ones((1, 7), np.float32))
+        backend.add_many(["a"], user_id="u1", embeddings=np.ones((1, 7), np.float32))
     with pytest.raises(EmbeddingDimensionMismatch):
-        store.search_vector(np.ones(7, np.float32), user_id="u1")
-    assert snapshot(store, "u1") == before and store.count() == 1
+        backend.search_vector(np.ones(7, np.float32), user_id="u1")
+    assert snapshot(backend, "u1") == before and backend.count() == 1
 
 
-def test_given_embeddings_and_search_vector(store):
+def test_given_embeddings_and_search_vector(backend):
     rng = np.random.default_rng(0)
     vecs = rng.normal(size=(20, 64)).astype(np.float32)
-    ids = store.add_many([f"t{i}" for i in range(20)], user_id="u1", embeddings=vecs)
-    hit = store.search_vector(vecs[7] * 3.0, user_id="u1", k=1)[0]  # re-normalised
+    ids = backend.add_many([f"t{i}" for i in range(20)], user_id="u1", embeddings=vecs)
+    hit = backend.search_vector(vecs[7] * 3.0, user_id="u1", k=1)[0]  # re-normalised
     assert hit.id == ids[7] and hit.score == pytest.approx(1.0, abs=1e-5)
 
 
-def test_unicode_and_large_texts(store):
+def test_unicode_and_large_texts(backend):
     texts = ["I ❤️ pizza 🍕🍕", "我喜欢吃饺子和面条", "אני אוהב פלאפל", "مرحبا بالعالم", "x" * 100_000,
              "mixed: Ünïcödé ñ 日本語 🎉 עברית"]
-    ids = store.add_many(texts, user_id="用户-🙂")
+    ids = backend.add_many(texts, user_id="用户-🙂")
     for mid, text in zip(ids, texts):
-        assert store.get(mid, "用户-🙂").text == text
-    assert store.search("我喜欢吃饺子和面条", "用户-🙂", k=1)[0].id == ids[1]
-    assert store.search("אני אוהב פלאפל", "用户-🙂", k=1)[0].id == ids[2]
-    assert store.search("🍕🍕", "用户-🙂", k=1)[0].id == ids[0]
-    big = store.update(ids[4], "y" * 100_000, "用户-🙂")
+        assert backend.get(mid, "用户-🙂").text == text
+    assert backend.search("我喜欢吃饺子和面条", "用户-🙂", k=1)[0].id == ids[1]
+    assert backend.search("אני אוהב פלאפל", "用户-🙂", k=1)[0].id == ids[2]
+    assert backend.search("🍕🍕", "用户-🙂", k=1)[0].id == ids[0]
+    big = backend.update(ids[4], "y" * 100_000, "用户-🙂")
     assert len(big.text) == 100_000
 
 
@@ -304,11 +315,35 @@ def test_sub_index_remove_matches_brute_force(kind):
     assert set(idx.owner) == alive and len(idx) == len(alive)
 
 
-def test_user_id_is_required_everywhere(store):
+def test_user_id_is_required_everywhere(backend):
     """No method falls back to a default user: forgetting user_id is a TypeError, not a write to someone's memory."""
-    mid = store.add("Alice lives in Paris", "alice")
-    for call in (lambda: store.add("x"), lambda: store.get(mid), lambda: store.search("Paris"),
-                 lambda: store.delete(mid), lambda: store.history(mid), lambda: store.list()):
+    mid = backend.add("Alice lives in Paris", "alice")
+    for call in (lambda: backend.add("x"), lambda: backend.get(mid), lambda: backend.search("Paris"),
+                 lambda: backend.delete(mid), lambda: backend.history(mid), lambda: backend.list()):
         with pytest.raises(TypeError):
             call()
-    assert store.count() == 1
+    assert backend.count() == 1
+
+
+def test_in_memory_fork_is_copy_on_write(embedder):
+    from memory_store import InMemoryStore
+
+    base = InMemoryStore(embedder)
+    a = base.add("Alice lives in Paris", "u1", {"speaker": "Alice"}, timestamp="2023-01-01T00:00:00")
+    child = base.fork()
+    assert child._records is base._records  # shared until a write
+    applied = child.apply([Update(id=a, text="Alice lives in Berlin"), Add(text="Alice has a cat")], "u1")
+    assert [x.op for x in applied] == ["UPDATE", "ADD"]
+    assert [r.text for r in base.list("u1")] == ["Alice lives in Paris"]  # the parent is untouched
+    assert base.search("Berlin", "u1", k=5)[0].text == "Alice lives in Paris"
+    assert [h.event for h in base.history(a, "u1")] == ["ADD"]
+    assert [r.text for r in child.list("u1")] == ["Alice lives in Berlin", "Alice has a cat"]
+    grandchild = child.fork()
+    base.delete(a, "u1")  # a write to the parent after its fork leaves the fork alone
+    assert child.get(a, "u1").text == "Alice lives in Berlin"
+    assert grandchild.count("u1") == 2 and base.count("u1") == 0
+    # each fork continues the id sequence from the fork point, independently
+    assert base.add("new", "u1") == applied[1].id and child.add("other", "u1") == applied[1].id + 1
+    with pytest.raises(MemoryNotFound):
+        child.apply([Delete(id=a), Add(text="half")], "u2")  # other user's id: nothing applied
+    assert child.count() == 3

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import click
 
+from memory_agent.defaults import ANSWER_K
+
 __all__ = ["eval_group"]
 
 METHOD_NAMES = ["memory-r1", "add-all", "rag", "full-context", "rlm"]
@@ -40,7 +42,7 @@ def _run_options(fn):
         click.option("--embedder", type=click.Choice(["default", "hashing"]), default="default", show_default=True),
         click.option("--f1", "f1", type=click.Choice(["mem0", "locomo"]), default="mem0", show_default=True,
                      help="F1 definition reported (both are stored per question)."),
-        click.option("--top-k", type=click.IntRange(min=1), default=60, show_default=True,
+        click.option("--top-k", type=click.IntRange(min=1), default=ANSWER_K, show_default=True,
                      help="rag: turns retrieved per question (as the Answer Agent retrieves memories)."),
         click.option("--context-window", type=click.IntRange(min=64), default=None,
                      help="full-context: prompt budget in tokens (default: the model's window)."),

@@ -1,0 +1,34 @@
+"""The pipeline's numbers, defined once.
+
+Memory shown to each agent, generation budgets and stop strings decide what
+the agents see and write. The product, the GRPO rewards, training episodes,
+validation and the evaluation harness all read them from here, so a change
+reaches every one of them at once (a copy "for training" drifts).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "MANAGER_TOP_K",
+    "MANAGER_MAX_NEW_TOKENS",
+    "MANAGER_STOP",
+    "ANSWER_K",
+    "ANSWER_MAX_PROMPT_TOKENS",
+    "ANSWER_MAX_NEW_TOKENS",
+    "WAVE_SIZE",
+]
+
+#: Related memories shown to the Memory Manager per turn.
+MANAGER_TOP_K = 10
+#: The manager's generation budget: a few operation lines.
+MANAGER_MAX_NEW_TOKENS = 64
+#: The manager's output ends at a blank line; text after it is never read.
+MANAGER_STOP: tuple[str, ...] = ("\n\n",)
+#: Memories retrieved for the Answer Agent (Memory-R1's 60; 30 per speaker with two speakers).
+ANSWER_K = 60
+#: The Answer Agent's prompt budget: the embedded model's 2,048-token window minus the reply.
+ANSWER_MAX_PROMPT_TOKENS = 1900
+#: The Answer Agent's generation budget (distilled memories, then the short answer).
+ANSWER_MAX_NEW_TOKENS = 64
+#: Turns the manager decides in one batched call against one snapshot of the store.
+WAVE_SIZE = 32

@@ -1,0 +1,294 @@
+"""``InMemoryStore``: the store contract in memory, with cheap copy-on-write forks.
+
+Why: a GRPO reward applies each sampled operation list to the bank the
+prompt was built from and scores what the Answer Agent would then retrieve.
+With 8 samples per prompt that is 8 copies of a bank per step; a SQLite file
+and a saved index per copy would cost more than the model. ``fork()`` shares
+the records, vectors and history with its parent until either side writes,
+and the first write copies them (a few hundred kilobytes for a LoCoMo bank).
+
+Everything a caller sees behaves as in :class:`memory_store.MemoryStore`:
+the same validation (same typed errors, raised before any change), ids that
+are never reused, per-user scoping, the same exact ranking (the same flat
+index class, so ties break the same way), metadata filters with the same
+typing rules, history rows, and all-or-nothing ``apply``. The contract tests
+run against both. Nothing is persisted; ``close()`` only forbids further use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from memory_store.embedders import Embedder
+from memory_store.errors import EmbeddingDimensionMismatch, InvalidInput, MemoryNotFound, StoreError
+from memory_store.index import VectorIndex
+from memory_store.records import Add, AppliedOp, Delete, HistoryEntry, MemoryRecord, SearchHit, Update
+from memory_store.validation import (
+    check_filter, check_id, check_k, check_label, check_metadata, check_ops, check_text, check_timestamp,
+    check_user, check_vectors, matches_filter,
+)
+
+__all__ = ["InMemoryStore"]
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+class InMemoryStore:
+    """A non-durable store with the :class:`~memory_store.MemoryBackend` contract and ``fork()``."""
+
+    def __init__(self, embedder: Embedder | None = None, *, dim: int | None = None) -> None:
+        if embedder is None and dim is None:
+            raise StoreError("an in-memory store needs an embedder or dim=")
+        if embedder is not None and dim is not None and int(embedder.dim) != dim:
+            raise EmbeddingDimensionMismatch(f"embedder dim {embedder.dim} != dim={dim}")
+        self.embedder = embedder
+        self.dim = int(embedder.dim) if embedder is not None else int(dim)
+        self._records: dict[int, MemoryRecord] = {}
+        self._index = VectorIndex(self.dim, "flat")
+        self._history: list[HistoryEntry] = []
+        self._last_id = 0
+        self._shared = False  # True while a fork may still read our containers
+        self._closed = False
+        self._lock = threading.RLock()
+
+    def __repr__(self) -> str:
+        return f"InMemoryStore(n={len(self._records)}, dim={self.dim})"
+
+    def __enter__(self) -> "InMemoryStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._closed = True
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreError("store is closed")
+
+    # ---- copy-on-write --------------------------------------------------------------
+
+    def fork(self) -> "InMemoryStore":
+        """A copy that shares this store's data until one of the two writes."""
+        with self._lock:
+            self._check_open()
+            child = InMemoryStore.__new__(InMemoryStore)
+            child.embedder, child.dim = self.embedder, self.dim
+            child._records, child._index, child._history = self._records, self._index, self._history
+            child._last_id, child._closed, child._lock = self._last_id, False, threading.RLock()
+            child._shared = self._shared = True
+            return child
+
+    def _own(self) -> None:
+        """Take private copies before the first write after a fork."""
+        if self._shared:
+            self._records = dict(self._records)
+            self._index = self._index.copy()
+            self._history = list(self._history)
+            self._shared = False
+
+    # ---- writes ---------------------------------------------------------------------
+
+    def _embed(self, texts: list[str]) -> np.ndarray:
+        if self.embedder is None:
+            raise StoreError("this store was opened without an embedder: pass embeddings/vectors instead")
+        return check_vectors(self.embedder.embed(texts), len(texts), self.dim)
+
+    def add(self, text: str, user_id: str, metadata: dict[str, Any] | None = None, *,
+            timestamp: str | None = None, actor: str = "user", source: str | None = None) -> int:
+        """Add one memory; returns its id."""
+        return self.add_many([text], user_id, metadatas=[metadata], timestamps=[timestamp],
+                             actor=actor, source=source)[0]
+
+    def add_many(self, texts: Sequence[str], user_id: str, *, embeddings: Any = None,
+                 metadatas: Sequence[dict[str, Any] | None] | None = None,
+                 timestamps: Sequence[str | None] | None = None, actor: str = "user",
+                 source: str | None = None) -> list[int]:
+        """Add many memories at once (all or none); ids in input order."""
+        user_id = check_user(user_id)
+        if isinstance(texts, str):
+            raise InvalidInput("add_many() takes a sequence of texts, not a string")
+        texts = [check_text(t) for t in texts]
+        n = len(texts)
+        metas = [check_metadata(m) for m in (metadatas if metadatas is not None else [None] * n)]
+        stamps = [check_timestamp(t) for t in timestamps] if timestamps is not None else [check_timestamp(None)] * n
+        if len(metas) != n or len(stamps) != n:
+            raise InvalidInput("metadatas/timestamps must have one entry per text")
+        actor = check_label(actor, "actor", optional=False)
+        source = check_label(source, "source", optional=True)
+        if n == 0:
+            return []
+        vecs = check_vectors(embeddings, n, self.dim) if embeddings is not None else self._embed(texts)
+        plan = [("ADD", t, m, v, s) for t, m, v, s in zip(texts, metas, vecs, stamps)]
+        return [a.id for a in self._commit(user_id, plan, actor, source, stamps[0])]
+
+    def update(self, memory_id: int, text: str, user_id: str, *, timestamp: str | None = None,
+               actor: str = "user", source: str | None = None) -> MemoryRecord:
+        """Replace a memory's text (re-embedded); returns the updated record."""
+        mid, user_id, text = check_id(memory_id), check_user(user_id), check_text(text)
+        ts = check_timestamp(timestamp)
+        actor, source = check_label(actor, "actor", optional=False), check_label(source, "source", optional=True)
+        self._commit(user_id, [("UPDATE", mid, text, self._embed([text])[0])], actor, source, ts)
+        return self._records[mid]
+
+    def delete(self, memory_id: int, user_id: str, *, actor: str = "user",
+               source: str | None = None) -> MemoryRecord:
+        """Delete a memory; returns the record as it was."""
+        mid, user_id = check_id(memory_id), check_user(user_id)
+        actor, source = check_label(actor, "actor", optional=False), check_label(source, "source", optional=True)
+        with self._lock:
+            before = self._get(mid, user_id)
+            self._commit(user_id, [("DELETE", mid)], actor, source, check_timestamp(None))
+        return before
+
+    def apply(self, ops: Sequence[Any], user_id: str, *, actor: str = "agent", source: str | None = None,
+              timestamp: str | None = None) -> list[AppliedOp]:
+        """Apply a batch of Add/Update/Delete/Noop at once: all land or none (as ``MemoryStore.apply``)."""
+        user_id = check_user(user_id)
+        ts = check_timestamp(timestamp)
+        actor, source = check_label(actor, "actor", optional=False), check_label(source, "source", optional=True)
+        parsed, texts = check_ops(ops, user_id)
+        vecs = iter(self._embed(texts)) if texts else iter(())
+        plan: list[tuple] = []
+        for op in parsed:
+            if isinstance(op, Add):
+                plan.append(("ADD", op.text, check_metadata(op.metadata), next(vecs), ts))
+            elif isinstance(op, Update):
+                plan.append(("UPDATE", op.id, op.text, next(vecs)))
+            elif isinstance(op, Delete):
+                plan.append(("DELETE", op.id))
+            else:
+                plan.append(("NOOP",))
+        return self._commit(user_id, plan, actor, source, ts)
+
+    def _commit(self, user_id: str, plan: list[tuple], actor: str, source: str | None, ts: str) -> list[AppliedOp]:
+        """Check every id first (nothing changes on a raise), then apply the plan."""
+        with self._lock:
+            self._check_open()
+            for p in plan:
+                if p[0] in ("UPDATE", "DELETE"):
+                    self._get(p[1], user_id)  # must exist before the batch, for this user
+            self._own()
+            applied: list[AppliedOp] = []
+            upserts: dict[int, np.ndarray] = {}
+            removed: set[int] = set()
+            for p in plan:
+                kind = p[0]
+                if kind == "ADD":
+                    _, text, meta, vec, created = p
+                    self._last_id += 1
+                    mid = self._last_id
+                    self._records[mid] = MemoryRecord.model_construct(
+                        id=mid, user_id=user_id, text=text, created_at=created, updated_at=created,
+                        metadata=json.loads(meta), hash=_sha(text))
+                    self._event(mid, user_id, "ADD", None, text, actor, source, created)
+                    upserts[mid] = vec
+                    applied.append(AppliedOp.model_construct(op="ADD", id=mid, old_text=None, new_text=text))
+                elif kind == "UPDATE":
+                    _, mid, text, vec = p
+                    old = self._records[mid]
+                    self._records[mid] = old.model_copy(update={"text": text, "hash": _sha(text), "updated_at": ts})
+                    self._event(mid, user_id, "UPDATE", old.text, text, actor, source, ts)
+                    upserts[mid] = vec
+                    applied.append(AppliedOp.model_construct(op="UPDATE", id=mid, old_text=old.text, new_text=text))
+                elif kind == "DELETE":
+                    mid = p[1]
+                    old = self._records.pop(mid)
+                    self._event(mid, user_id, "DELETE", old.text, None, actor, source, ts)
+                    upserts.pop(mid, None)
+                    removed.add(mid)
+                    applied.append(AppliedOp.model_construct(op="DELETE", id=mid, old_text=old.text, new_text=None))
+                else:
+                    applied.append(AppliedOp.model_construct(op="NOOP", id=None, old_text=None, new_text=None))
+            if upserts:
+                ids = np.fromiter(upserts, dtype=np.int64, count=len(upserts))
+                self._index.add(user_id, ids, np.stack(list(upserts.values())))
+            if removed:
+                self._index.remove(removed)
+            return applied
+
+    def _event(self, mid: int, user_id: str, event: str, old: str | None, new: str | None, actor: str,
+               source: str | None, at: str) -> None:
+        self._history.append(HistoryEntry.model_construct(
+            id=len(self._history) + 1, memory_id=mid, user_id=user_id, event=event, old_text=old, new_text=new,
+            actor=actor, source=source, at=at))
+
+    # ---- reads ----------------------------------------------------------------------
+
+    def _get(self, mid: int, user_id: str) -> MemoryRecord:
+        rec = self._records.get(mid)
+        if rec is None or rec.user_id != user_id:
+            raise MemoryNotFound(mid, user_id)
+        return rec
+
+    def get(self, memory_id: int, user_id: str) -> MemoryRecord:
+        mid, user_id = check_id(memory_id), check_user(user_id)
+        with self._lock:
+            self._check_open()
+            return self._get(mid, user_id)
+
+    def list(self, user_id: str) -> list[MemoryRecord]:
+        """All of the user's memories, oldest first (created_at, then id)."""
+        user_id = check_user(user_id)
+        with self._lock:
+            self._check_open()
+            rows = [r for r in self._records.values() if r.user_id == user_id]
+        return sorted(rows, key=lambda r: (r.created_at, r.id))
+
+    def history(self, memory_id: int, user_id: str) -> list[HistoryEntry]:
+        """Events of one memory (also after its deletion), oldest first."""
+        mid, user_id = check_id(memory_id), check_user(user_id)
+        with self._lock:
+            self._check_open()
+            rows = [h for h in self._history if h.memory_id == mid and h.user_id == user_id]
+        if not rows:
+            raise MemoryNotFound(mid, user_id)
+        return rows
+
+    def count(self, user_id: str | None = None) -> int:
+        with self._lock:
+            self._check_open()
+            if user_id is None:
+                return len(self._records)
+            user_id = check_user(user_id)
+            return sum(r.user_id == user_id for r in self._records.values())
+
+    def search(self, query: str, user_id: str, k: int = 5,
+               metadata_filter: dict[str, Any] | None = None) -> list[SearchHit]:
+        """The user's k memories most similar to ``query``, best first."""
+        query, user_id, k = check_text(query, "query"), check_user(user_id), check_k(k)
+        check_filter(metadata_filter)
+        return self.search_vector(self._embed([query])[0], user_id, k, metadata_filter)
+
+    def search_vector(self, vec: Any, user_id: str, k: int = 5,
+                      metadata_filter: dict[str, Any] | None = None) -> list[SearchHit]:
+        """Like ``search`` with a precomputed query vector (re-normalised)."""
+        user_id, k = check_user(user_id), check_k(k)
+        q = check_vectors(vec, 1, self.dim)[0]
+        check_filter(metadata_filter)
+        with self._lock:
+            self._check_open()
+            if metadata_filter:
+                subset = sorted(i for i, r in self._records.items()
+                                if r.user_id == user_id and matches_filter(r.metadata, metadata_filter))
+                ids, scores = self._index.search_subset(user_id, q, k, subset)
+            else:
+                ids, scores = self._index.search(user_id, q, k)
+            records = self._records
+            return [SearchHit.model_construct(**records[i].__dict__, score=float(s))
+                    for i, s in zip(ids.tolist(), scores.tolist()) if i in records]
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            self._check_open()
+            return {"n": len(self._records), "users": len({r.user_id for r in self._records.values()}),
+                    "index": "flat", "dim": self.dim, "index_entries": len(self._index), "persistent": False}
