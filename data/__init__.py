@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from data.jsonl import load_jsonl, save_jsonl
 from data.locomo import SPLITS, default_root, load_locomo, load_split
-from data.schema import CATEGORIES, QA, Conversation, DatasetError, Session, Turn
+from data.schema import CATEGORIES, QA, Conversation, DatasetError, MemoryEdit, Session, Turn
+from data.specs import load_spec
 from data.synthetic import generate, generate_dataset
 
 __all__ = [
@@ -18,6 +19,8 @@ __all__ = [
     "DatasetError",
     "Session",
     "Turn",
+    "MemoryEdit",
+    "load_spec",
     "SPLITS",
     "default_root",
     "load_locomo",

@@ -30,6 +30,15 @@ same one. ``dia_id`` defaults to ``D<session>:<n>``; ``timestamp`` defaults to
 
     {"type": "observation", "sample_id": "c1", "dia_id": "D1:1", "speaker": "Ann", "fact": "Ann lives in Lyon."}
 
+``edit`` (optional: what a perfect Memory Manager does with a turn's fact, for
+manager training; ``target`` is the dia_id whose memory it changes)::
+
+    {"type": "edit", "sample_id": "c1", "dia_id": "D3:2", "op": "UPDATE", "text": "Ann moved to Paris.",
+     "target": "D1:1"}
+
+A ``qa`` line may carry ``superseded_values`` and ``current_values`` (see
+:class:`data.schema.QA`).
+
 Unknown keys are refused (they are usually typos); errors name the file and line.
 """
 
@@ -41,15 +50,17 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from data.schema import QA, Conversation, DatasetError, Session, Turn, parse_locomo_datetime
+from data.schema import QA, Conversation, DatasetError, MemoryEdit, Session, Turn, parse_locomo_datetime
 
 __all__ = ["load_jsonl", "save_jsonl", "conversation_lines"]
 
 _KEYS: dict[str, tuple[set[str], set[str]]] = {  # type -> (required, optional)
     "conversation": ({"sample_id"}, {"speaker_a", "speaker_b"}),
     "turn": ({"sample_id", "session", "date_time", "speaker", "text"}, {"dia_id", "blip_caption", "timestamp"}),
-    "qa": ({"sample_id", "question", "answer"}, {"category", "evidence", "adversarial_answer", "tags"}),
+    "qa": ({"sample_id", "question", "answer"},
+           {"category", "evidence", "adversarial_answer", "tags", "superseded_values", "current_values"}),
     "observation": ({"sample_id", "dia_id", "speaker", "fact"}, set()),
+    "edit": ({"sample_id", "dia_id", "op"}, {"text", "target"}),
 }
 
 
@@ -61,6 +72,7 @@ class _Builder:
         self.sessions: dict[int, dict[str, Any]] = {}
         self.qa: list[QA] = []
         self.observations: dict[str, list[tuple[str, str]]] = {}
+        self.edits: dict[str, list[MemoryEdit]] = {}
 
     def build(self) -> Conversation:
         speaker_a = self.header.get("speaker_a") or (self.speakers[0] if self.speakers else "")
@@ -78,6 +90,7 @@ class _Builder:
             sessions=sessions,
             qa=tuple(self.qa),
             observations={k: tuple(v) for k, v in self.observations.items()},
+            edits={k: tuple(v) for k, v in self.edits.items()},
         )
 
 
@@ -107,8 +120,13 @@ def _add_line(builder: _Builder, kind: str, obj: dict[str, Any]) -> None:
                 evidence=tuple(str(e) for e in obj.get("evidence") or ()),
                 adversarial_answer=obj.get("adversarial_answer"),
                 tags=tuple(str(t) for t in obj.get("tags") or ()),
+                superseded_values=tuple(str(v) for v in obj.get("superseded_values") or ()),
+                current_values=tuple(str(v) for v in obj.get("current_values") or ()),
             )
         )
+    elif kind == "edit":
+        edit = MemoryEdit(op=obj["op"], text=obj.get("text"), target=obj.get("target"))
+        builder.edits.setdefault(str(obj["dia_id"]), []).append(edit)
     else:  # observation
         builder.observations.setdefault(str(obj["dia_id"]), []).append((str(obj["speaker"]), str(obj["fact"])))
 
@@ -170,10 +188,16 @@ def conversation_lines(conv: Conversation) -> Iterable[dict[str, Any]]:
             "type": "qa", "sample_id": sid, "question": qa.question, "answer": qa.answer,
             "category": qa.category, "evidence": list(qa.evidence),
             "adversarial_answer": qa.adversarial_answer, "tags": list(qa.tags),
+            **({"superseded_values": list(qa.superseded_values), "current_values": list(qa.current_values)}
+               if qa.superseded_values or qa.current_values else {}),
         }
     for dia_id, facts in conv.observations.items():
         for speaker, fact in facts:
             yield {"type": "observation", "sample_id": sid, "dia_id": dia_id, "speaker": speaker, "fact": fact}
+    for dia_id, edits in conv.edits.items():
+        for edit in edits:
+            yield {"type": "edit", "sample_id": sid, "dia_id": dia_id, "op": edit.op, "text": edit.text,
+                   "target": edit.target}
 
 
 def save_jsonl(conversations: Iterable[Conversation], path: str | os.PathLike[str]) -> None:

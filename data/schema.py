@@ -19,6 +19,8 @@ import re
 from collections.abc import Iterator
 from datetime import datetime
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 __all__ = [
@@ -30,6 +32,7 @@ __all__ = [
     "Turn",
     "Session",
     "QA",
+    "MemoryEdit",
     "Conversation",
     "parse_locomo_datetime",
 ]
@@ -104,6 +107,12 @@ class QA(BaseModel):
     category: int
     adversarial_answer: str | None = None
     tags: tuple[str, ...] = ()
+    #: For a "what is X now" question: values that were true and no longer are
+    #: ("Lisbon"), and the values that replaced them as a memory would write
+    #: them ("Denver"). A memory naming a superseded value and none of the
+    #: current ones states an outdated fact (the manager reward penalises it).
+    superseded_values: tuple[str, ...] = ()
+    current_values: tuple[str, ...] = ()
 
     @field_validator("category")
     @classmethod
@@ -121,11 +130,27 @@ class QA(BaseModel):
         return self.category == ADVERSARIAL
 
 
+class MemoryEdit(BaseModel):
+    """What a perfect Memory Manager does with one turn's fact (known for generated data only).
+
+    ``target`` is the dialogue id of the turn whose memory an UPDATE, DELETE or
+    NOOP concerns (the memory that turn's fact was stored as).
+    """
+
+    model_config = _FROZEN
+
+    op: Literal["ADD", "UPDATE", "DELETE", "NOOP"]
+    text: str | None = None
+    target: str | None = None
+
+
 class Conversation(BaseModel):
     """A multi-session conversation between two speakers, with its questions.
 
     ``observations`` maps a dialogue id to the ``(speaker, fact)`` pairs that the
     annotators derived from it (LoCoMo's ``observation``); empty when unknown.
+    ``edits`` maps a dialogue id to what a perfect manager does with those facts
+    (ADD a new one, UPDATE or DELETE the memory it supersedes, NOOP a repeat).
     """
 
     model_config = _FROZEN
@@ -136,6 +161,8 @@ class Conversation(BaseModel):
     sessions: tuple[Session, ...]
     qa: tuple[QA, ...] = ()
     observations: dict[str, tuple[tuple[str, str], ...]] = Field(default_factory=dict)
+    #: dia_id -> the gold memory edits of that turn (synthetic data; empty for LoCoMo).
+    edits: dict[str, tuple[MemoryEdit, ...]] = Field(default_factory=dict)
 
     def turns(self) -> Iterator[tuple[Session, Turn]]:
         """Every (session, turn) pair in conversation order."""

@@ -3,13 +3,21 @@
 Why: LoCoMo has ten conversations, too few to train on and too long to test
 with. This generator writes small multi-session chats between two speakers in
 which facts *change*: people move, change jobs, break up, adopt a second pet,
-go off a favourite food, and mention dated events in relative terms ("last
-Saturday", "two days ago"). The gold answers resolve those dates against the
+go off a favourite food, mention dated events in relative terms ("last
+Saturday", "two days ago"), and now and then repeat something already said. The gold answers resolve those dates against the
 session date. Besides questions of every LoCoMo category (1 multi-hop,
 2 temporal, 3 open-domain, 4 single-hop, 5 adversarial), it asks "what is X
 now" questions, tagged ``"current"``, that only a memory which UPDATEs and
 DELETEs (instead of piling up ADDs) answers right; ``"history"`` questions ask
-for the state before a change, so deleting too eagerly is also caught.
+for the state before a change, so deleting too eagerly is also caught. "Now"
+questions name the values a change superseded (``QA.superseded_values``) and
+the ones that replaced them (``QA.current_values``).
+
+Every fact-bearing turn also carries its gold memory edits
+(``Conversation.edits``): ADD a new fact, UPDATE the memory a move, a new job
+or a changed taste supersedes, DELETE the relationship a break-up ends (and
+ADD the break-up), NOOP a repeated fact. Those are the Memory Manager's
+supervised targets and the yardstick of its UPDATE/DELETE recall.
 
 Same seed -> identical conversation (one ``random.Random(seed)``; no global
 state, no clock). Used by ``memory-agent demo``, the tests, and as extra
@@ -22,7 +30,7 @@ import random
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from data.schema import NOT_MENTIONED, QA, Conversation, Session, Turn
+from data.schema import NOT_MENTIONED, QA, Conversation, MemoryEdit, Session, Turn
 
 __all__ = ["generate", "generate_dataset", "CITIES", "format_date"]
 
@@ -151,6 +159,7 @@ def _plan(rng: random.Random) -> list[_Step]:
         _Step("a", "city2", 1, dated=True), _Step("a", "job2", 1, dated=True), _Step("a", "pet2", 1),
         _Step("a", "breakup", 1, mood="bad"), _Step("a", "food2", 1),
         _Step("a", "event_a", dated=True), _Step("b", "event_b", dated=True),
+        _Step("a", "repeat_pet1", 1), _Step("b", "repeat_hobby", 1),
     ]
     rng.shuffle(intros)
     rng.shuffle(changes)
@@ -161,7 +170,8 @@ def _schedule(steps: list[_Step], n_sessions: int) -> None:
     """Spread steps over sessions in order; a change lands after its introduction."""
     per = -(-len(steps) // n_sessions)
     intro_session: dict[str, int] = {}
-    parents = {"city2": "city1", "job2": "job1", "pet2": "pet1", "breakup": "partner", "food2": "food1"}
+    parents = {"city2": "city1", "job2": "job1", "pet2": "pet1", "breakup": "partner", "food2": "food1",
+               "repeat_pet1": "pet1", "repeat_hobby": "hobby_b"}
     for i, step in enumerate(steps):
         step.session = min(i // per, n_sessions - 1)
         parent = parents.get(step.key)
@@ -209,6 +219,13 @@ def _say(rng: random.Random, w: _World, step: _Step, day: datetime) -> None:
         step.fact = f"{a} no longer likes {w.food1}; {a}'s favourite food is now {w.food2}."
     elif k == "hobby_b":
         step.text = f"I took up {w.hobby_b} recently and I'm hooked."
+        step.fact = f"{w.b} took up {w.hobby_b}."
+    elif k == "repeat_pet1":  # said again: a perfect manager does nothing (NOOP)
+        kind, name = w.pet1
+        step.text = f"{name} says hi, by the way. My {kind} is still my best buddy."
+        step.fact = f"{a} has a {kind} named {name}."
+    elif k == "repeat_hobby":
+        step.text = f"I'm still hooked on {w.hobby_b}, I go every weekend."
         step.fact = f"{w.b} took up {w.hobby_b}."
     elif k in ("event_a", "event_b"):
         past, _ = w.event_a if k == "event_a" else w.event_b
@@ -280,6 +297,7 @@ def _questions(w: _World) -> list[QA]:
 
     (k1, n1), (k2, n2) = w.pet1, w.pet2
     ea_q, eb_q = w.event_a[1], w.event_b[1]
+    moved = {"superseded_values": (w.city1,), "current_values": (w.city2,)}
     return [
         QA(question=f"What pets does {a} have?", answer=f"a {k1} named {n1}, a {k2} named {n2}", evidence=ev("pet1", "pet2"), category=1, tags=("current",)),
         QA(question=f"Which cities has {a} lived in?", answer=f"{w.city1}, {w.city2}", evidence=ev("city1", "city2"), category=1, tags=("history",)),
@@ -288,17 +306,44 @@ def _questions(w: _World) -> list[QA]:
         QA(question=f"When did {a} start working as {_an(w.job2)}?", answer=date("job2"), evidence=ev("job2"), category=2),
         QA(question=f"When did {a} {ea_q}?", answer=date("event_a"), evidence=ev("event_a"), category=2),
         QA(question=f"When did {b} {eb_q}?", answer=date("event_b"), evidence=ev("event_b"), category=2),
-        QA(question=f"Which country does {a} live in now?", answer=CITIES[w.city2].removeprefix("the "), evidence=ev("city2"), category=3, tags=("current",)),
+        QA(question=f"Which country does {a} live in now?", answer=CITIES[w.city2].removeprefix("the "), evidence=ev("city2"), category=3, tags=("current",), **moved),
         QA(question=f"Would {a} be considered an animal lover?", answer=f"Yes, {a} has a {k1} and a {k2}", evidence=ev("pet1", "pet2"), category=3),
-        QA(question=f"Where does {a} live now?", answer=w.city2, evidence=ev("city2"), category=4, tags=("current",)),
-        QA(question=f"What is {a}'s job now?", answer=w.job2, evidence=ev("job2"), category=4, tags=("current",)),
-        QA(question=f"Is {a} still dating {w.partner}?", answer=f"No, {a} and {w.partner} broke up", evidence=ev("breakup"), category=4, tags=("current",)),
-        QA(question=f"What is {a}'s favourite food now?", answer=w.food2, evidence=ev("food2"), category=4, tags=("current",)),
+        QA(question=f"Where does {a} live now?", answer=w.city2, evidence=ev("city2"), category=4, tags=("current",), **moved),
+        QA(question=f"What is {a}'s job now?", answer=w.job2, evidence=ev("job2"), category=4, tags=("current",),
+           superseded_values=(w.job1,), current_values=(w.job2,)),
+        QA(question=f"Is {a} still dating {w.partner}?", answer=f"No, {a} and {w.partner} broke up", evidence=ev("breakup"), category=4, tags=("current",),
+           superseded_values=("dating",), current_values=("broke up",)),
+        QA(question=f"What is {a}'s favourite food now?", answer=w.food2, evidence=ev("food2"), category=4, tags=("current",),
+           superseded_values=(w.food1,), current_values=(w.food2,)),
         QA(question=f"What was {a}'s job before becoming {_an(w.job2)}?", answer=w.job1, evidence=ev("job1"), category=4, tags=("history",)),
         QA(question=f"What hobby did {b} take up?", answer=w.hobby_b, evidence=ev("hobby_b"), category=4),
         QA(question=f"When did {b} move to {w.city2}?", answer=NOT_MENTIONED, evidence=ev("city2"), category=5, adversarial_answer=date("city2")),
         QA(question=f"What is the name of {b}'s {k1}?", answer=NOT_MENTIONED, evidence=ev("pet1"), category=5, adversarial_answer=n1),
     ]
+
+
+#: change key -> (gold op on the earlier memory, the key whose memory it concerns)
+_SUPERSEDES = {"city2": ("UPDATE", "city1"), "job2": ("UPDATE", "job1"), "food2": ("UPDATE", "food1"),
+               "breakup": ("DELETE", "partner"), "repeat_pet1": ("NOOP", "pet1"),
+               "repeat_hobby": ("NOOP", "hobby_b")}
+
+
+def _edits(w: _World) -> dict[str, tuple[MemoryEdit, ...]]:
+    """The gold memory edits of every fact-bearing turn (see the module docstring)."""
+    out: dict[str, tuple[MemoryEdit, ...]] = {}
+    for key, st in w.steps.items():
+        op, parent = _SUPERSEDES.get(key, ("ADD", None))
+        target = w.steps[parent].dia_id if parent else None
+        if op == "UPDATE":
+            edits = (MemoryEdit(op="UPDATE", text=st.fact, target=target),)
+        elif op == "DELETE":  # the old state is false and nothing of it survives: delete it, file the news
+            edits = (MemoryEdit(op="DELETE", target=target), MemoryEdit(op="ADD", text=st.fact))
+        elif op == "NOOP":
+            edits = (MemoryEdit(op="NOOP", target=target),)
+        else:
+            edits = (MemoryEdit(op="ADD", text=st.fact),)
+        out[st.dia_id] = edits
+    return out
 
 
 def _pick(rng: random.Random, pool: list[QA], n: int) -> list[QA]:
@@ -343,13 +388,16 @@ def generate(seed: int = 0, n_sessions: int = 4, n_questions: int = 8, *, start:
         sessions=tuple(sessions),
         qa=tuple(qa),
         observations=observations,
+        edits=_edits(world),
     )
 
 
 def generate_dataset(n: int, seed: int = 0, *, n_sessions: int | tuple[int, int] = (3, 6), n_questions: int = 0) -> list[Conversation]:
-    """``n`` conversations for training; conversation ``i`` is ``generate(seed * 100_003 + i)``.
+    """``n`` conversations; conversation ``i`` is ``generate(seed * 100_003 + i)``, all its questions by default.
 
     ``n_sessions`` is a count or an inclusive range drawn per conversation.
+    Different seeds give disjoint conversations (ids ``synthetic-<seed * 100003 + i>``),
+    so seeds split training, validation and held-out test data.
     """
     rng = random.Random(seed)
     out = []

@@ -32,11 +32,11 @@ from typing import Any
 
 from tqdm import tqdm
 
-from data.jsonl import load_jsonl
-from data.locomo import SPLITS, default_root, load_locomo, load_split
+from data.locomo import SPLITS, default_root
 from data.schema import Conversation, DatasetError
-from data.synthetic import generate
+from data.specs import load_spec
 from eval import metrics
+from eval.scoring import answer_metrics, answer_recall
 from eval.methods import IngestStats, MethodConfig, Prediction, make_method
 from eval.report import details, read_rows, summarize, write_compare, write_report
 from memory_agent.defaults import ANSWER_K
@@ -80,28 +80,8 @@ def _name(spec: Any) -> str | None:
 
 
 def load_conversations(data: str | None, split: str | None) -> list[Conversation]:
-    """``--data``/``--split`` -> conversations.
-
-    ``data`` is a LoCoMo folder or file, a ``.jsonl`` file of :mod:`data.jsonl`,
-    or ``synthetic:N[:SEED]`` (N generated conversations). Default: the shared
-    LoCoMo folder, split ``dev``.
-    """
-    if data and data.startswith("synthetic"):
-        parts = data.split(":")
-        try:
-            n = int(parts[1]) if len(parts) > 1 else 1
-            seed = int(parts[2]) if len(parts) > 2 else 0
-        except ValueError:
-            raise DatasetError(data, "expected synthetic:N or synthetic:N:SEED") from None
-        return [generate(seed * 1000 + i) for i in range(n)]
-    path = Path(data) if data else default_root()
-    if path.suffix == ".jsonl":
-        if split:
-            raise DatasetError(path, "--split applies to LoCoMo data, not to a JSONL file")
-        return load_jsonl(path)
-    if path.is_file() and split is None:
-        return load_locomo(path)
-    return load_split(split or "dev", path)
+    """``--data``/``--split`` -> conversations (the forms of :mod:`data.specs`; default: LoCoMo dev)."""
+    return load_spec(data, split=split)
 
 
 def make_embedder(spec: Any) -> Any:
@@ -109,14 +89,8 @@ def make_embedder(spec: Any) -> Any:
     return resolve_embedder(spec)
 
 
-def score_row(pred: str, gold: str, category: int) -> dict[str, float]:
-    """Every metric of one answer (both F1 kinds, so a summary can switch later)."""
-    return {
-        "f1_mem0": metrics.token_f1(pred, gold),
-        "f1_locomo": metrics.locomo_f1(pred, gold, category),
-        "bleu1": metrics.bleu1(pred, gold),
-        "em": metrics.exact_match(pred, gold),
-    }
+#: Every metric of one answer; the harness's name for :func:`eval.scoring.answer_metrics`.
+score_row = answer_metrics
 
 
 def _check_identity(run_dir: Path, identity: dict[str, Any], settings: dict[str, Any]) -> None:
@@ -187,7 +161,9 @@ def _row(conv: Conversation, qid: int, pred: Prediction) -> dict[str, Any]:
         "answer_ms": None if pred.answer_ms is None else round(pred.answer_ms, 2),
         "context_tokens": pred.context_tokens,
         "raw": pred.raw,
-        **score_row(pred.text, qa.answer, qa.category),
+        # gold-answer content in what the Answer Agent was shown: retrieval vs answering failures
+        "answer_recall": None if pred.shown is None else answer_recall(qa.answer, pred.shown),
+        **answer_metrics(pred.text, qa.answer, qa.category),
     }
 
 

@@ -32,6 +32,7 @@ from typing import Any, ClassVar, Protocol
 
 from data.schema import Conversation, Session, Turn
 from memory_agent.answer import AnswerAgent, display_date, parse_answer, shown_messages
+from eval.scoring import memory_view
 from memory_agent.defaults import ANSWER_K, ANSWER_MAX_NEW_TOKENS
 from memory_agent.errors import ConfigError
 from memory_agent.memory import Memory
@@ -82,6 +83,7 @@ class Prediction:
     raw: str = ""
     retrieved: list[Any] = field(default_factory=list)
     memories: list[str] = field(default_factory=list)
+    shown: list[str] | None = None  # what the Answer Agent was shown ("date: text"); None: not a memory list
     search_ms: float | None = None
     answer_ms: float | None = None
     context_tokens: int | None = None
@@ -272,6 +274,7 @@ class MemoryR1Method(_Base):
                 raw=str(ans.raw),
                 retrieved=[getattr(m, "id", None) for m in shown],
                 memories=[str(m.text) for m in (ans.memories or [])],
+                shown=[memory_view(m) for m in shown] if ans.strategy == "memory" else None,
                 search_ms=s_ms,
                 answer_ms=a_ms,
                 context_tokens=count_tokens(self.mem.answer_llm, shown_messages(question, shown)),
@@ -393,7 +396,7 @@ class RagMethod(_Base):
         answers, gen_ms = _ask_many(self.config.answerer, prompts)
         return [
             Prediction(text=text, valid=valid, raw=raw, retrieved=[(h.metadata or {}).get("source") for h in kept],
-                       memories=[h.text for h in kept], search_ms=s_ms, answer_ms=s_ms + gen_ms,
+                       memories=[h.text for h in kept], shown=[memory_view(h) for h in kept], search_ms=s_ms, answer_ms=s_ms + gen_ms,
                        context_tokens=count_tokens(self.config.answerer, messages))
             for (text, raw, valid), kept, s_ms, (messages, _) in zip(answers, shown, search_ms, prompts)
         ]

@@ -98,8 +98,18 @@ def summarize(
             "answer_p95": _percentile([r.get("answer_ms") for r in rows], 0.95),
         },
         "context_tokens_mean": round(sum(context) / len(context), 1) if context else None,
+        # share of the gold answer's content words in the memories the Answer Agent was shown
+        "answer_recall": {
+            "overall": _mean_recall(rows),
+            **{name: _mean_recall([r for r in rows if r["category_name"] == name]) for name in by_category},
+        },
         "ingest": ingest,
     }
+
+
+def _mean_recall(rows: Sequence[dict[str, Any]]) -> float | None:
+    values = [r["answer_recall"] for r in rows if r.get("answer_recall") is not None]
+    return round(100 * sum(values) / len(values), 2) if values else None
 
 
 def details(rows: Sequence[dict[str, Any]], f1_kind: str) -> dict[str, Any]:

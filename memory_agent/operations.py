@@ -38,6 +38,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from memory_agent.errors import InvalidModelOutput
+from memory_agent.text import content_words, stem
 
 __all__ = [
     "AddOp",
@@ -131,22 +132,9 @@ def parse_operations(raw: str, n_shown: int) -> list[AddOp | UpdateOp | DeleteOp
 
 
 _WORD = re.compile(r"[a-z0-9]+")
-_STOP = frozenset(
-    "a an the and or but to of in on at for with from by is are was were be been has have had do does did "
-    "i me my we our you your he him his she her they them their it its this that not no so very just also "
-    "now again still new".split()
-)
 # Share of an operation's content words that must appear in its sources.
 GROUNDED_SHARE = 0.5
-
-
-def _content(text: str) -> list[str]:
-    return [w for w in _WORD.findall(text.casefold()) if w not in _STOP and len(w) > 2]
-
-
-def _stem(word: str) -> str:
-    # Five-letter prefixes: "loves"/"loved", "moving"/"moved" match; no dictionary needed.
-    return word[:5]
+_content, _stem = content_words, stem
 
 
 def _degenerate(text: str) -> bool:
