@@ -26,7 +26,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ from memory_agent.defaults import ANSWER_K
 from memory_agent.errors import ConfigError
 from memory_agent.llms import resolve_llm
 from memory_agent.memory import resolve_embedder
+from memory_agent.policies import role_specs
 
 __all__ = ["EvalConfig", "load_conversations", "make_embedder", "run_eval", "run_method", "score_row"]
 
@@ -64,6 +65,7 @@ class EvalConfig:
     answer_model: Any = None
     judge: Any = None
     embedder: Any = "default"
+    policy: Any = "default"  # trained manager/answer adapters for the embedded model (memory_agent.policies)
     f1: str = "mem0"
     top_k: int = ANSWER_K
     answer_batch: int = 8  # questions per model call; latencies are per question, amortised
@@ -275,6 +277,9 @@ def run_eval(config: EvalConfig, conversations: Sequence[Conversation] | None = 
         conversations = load_conversations(config.data, config.split)
     if not conversations:
         raise DatasetError(config.data or default_root(), "no conversations selected")
+    # The roles' models as Memory would pick them (shipped policies by default), recorded in run.json.
+    manager, answer = role_specs(config.model, config.manager_model, config.answer_model, config.policy)
+    config = replace(config, manager_model=manager, answer_model=answer)
     llm = resolve_llm(config.model)
     method_config = MethodConfig(
         llm=llm,

@@ -145,6 +145,14 @@ class AnswerAgent:
         text, selected, valid = parse_answer(raw, len(shown))
         return Answer(text, [shown[i] for i in selected], list(shown), raw, valid, question=question)
 
+    def ask(self, prompts: Sequence[Messages]) -> list[str]:
+        """Raw replies to built prompts: one batched, greedy call with the product's budget."""
+        if self.llm is None:
+            raise ValueError("this AnswerAgent has no model: it can build prompts and read replies only")
+        if not prompts:
+            return []
+        return self.llm.generate(list(prompts), max_new_tokens=self.max_new_tokens, temperature=0.0)
+
     def answer(self, question: str, user_id: str, speakers: Sequence[str] | None = None) -> Answer:
         return self.answer_many([question], user_id, speakers=speakers)[0]
 
@@ -152,15 +160,13 @@ class AnswerAgent:
         """Answer several questions with one batched generate call."""
         if not questions:
             return []
-        if self.llm is None:
-            raise ValueError("this AnswerAgent has no model: it can build prompts and read replies only")
         speakers = list(speakers) if speakers is not None else self.speakers(user_id)
         prompts, shown = [], []
         for q in questions:
             messages, kept = self.prompt(q, user_id, speakers)
             prompts.append(messages)
             shown.append(kept)
-        replies = self.llm.generate(prompts, max_new_tokens=self.max_new_tokens, temperature=0.0)
+        replies = self.ask(prompts)
         return [self.read(q, kept, raw) for q, kept, raw in zip(questions, shown, replies)]
 
 

@@ -185,6 +185,16 @@ class MemoryManager:
         return self.store.apply(store_ops, user_id=user_id, actor=self.actor, source=item.dia_id,
                                 timestamp=item.timestamp)
 
+    def ask(self, prompts: Sequence[tuple[TurnFacts, Sequence[Any]]]) -> list[str]:
+        """The model's raw decisions for ``(turn, shown memories)`` pairs: one batched, greedy call
+        with the product's budget and stop strings (what ingestion sends; validation reuses it)."""
+        if self.llm is None:
+            raise InvalidInput("this MemoryManager has no model: it can score decisions, not make them")
+        if not prompts:
+            return []
+        return self.llm.generate([self.messages(item, hits) for item, hits in prompts],
+                                 max_new_tokens=self.max_new_tokens, temperature=0.0, stop=list(MANAGER_STOP))
+
     # ------------------------------------------------------------ main loop
     def manage(self, items: Sequence[TurnFacts], user_id: str) -> ManageOutcome:
         outcome = ManageOutcome()
@@ -201,12 +211,7 @@ class MemoryManager:
         asked = [i for i, s in enumerate(shown) if s]
         replies: dict[int, str] = {}
         if asked:
-            if self.llm is None:
-                raise InvalidInput("this MemoryManager has no model: it can score decisions, not make them")
-            batch = [self.messages(wave[i], shown[i]) for i in asked]
-            texts = self.llm.generate(batch, max_new_tokens=self.max_new_tokens, temperature=0.0,
-                                      stop=list(MANAGER_STOP))
-            replies = dict(zip(asked, texts))
+            replies = dict(zip(asked, self.ask([(wave[i], shown[i]) for i in asked])))
             outcome.model_calls += 1
             outcome.decisions += len(asked)
         changed: set[int] = set()  # db ids updated/deleted by earlier turns of this wave

@@ -28,6 +28,7 @@ from memory_agent.extraction import Fact, Turn, extract_facts, parse_session_dat
 from memory_agent.llms.base import LLM
 from memory_agent.llms.spec import resolve_llm
 from memory_agent.manager import AppliedChange, ManageOutcome, MemoryManager, Skipped, TurnFacts
+from memory_agent.policies import role_specs
 
 __all__ = ["Memory", "AddResult", "resolve_embedder"]
 
@@ -79,6 +80,15 @@ def resolve_embedder(spec: Any):
 
 
 class Memory:
+    """Remember dialogue and answer from it (see the module docstring).
+
+    ``policy`` picks the trained Memory Manager and Answer Agent when ``llm`` is
+    the embedded default: ``"default"`` (the adapters shipped in
+    :mod:`memory_agent.policies`), ``None`` (the untrained model everywhere) or a
+    folder with ``manager/`` and ``answer/`` adapters. Explicit ``manager_llm`` /
+    ``answer_llm`` override it.
+    """
+
     def __init__(
         self,
         store: Any,
@@ -87,11 +97,14 @@ class Memory:
         extract_llm: str | LLM | None = None,
         manager_llm: str | LLM | None = None,
         answer_llm: str | LLM | None = None,
+        policy: Any = "default",
         top_k: int = MANAGER_TOP_K,
         answer_k: int = ANSWER_K,
         wave_size: int = WAVE_SIZE,
     ):
         self.store = store
+        self.policy = policy
+        manager_llm, answer_llm = role_specs(llm, manager_llm, answer_llm, policy)
         self._specs = {
             "extract": extract_llm if extract_llm is not None else llm,
             "manager": manager_llm if manager_llm is not None else llm,

@@ -1,269 +1,145 @@
-"""Table tests of the GRPO rewards (pure functions of completions + dataset columns)."""
+"""The GRPO rewards: table tests of the dense manager reward and the answer reward."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
-from training.bank import BankCache, SnapshotBank, dump_records, load_records
+from data.synthetic import generate_dataset
+from eval.scoring import MISSING_MARKER_PENALTY, QUOTE_BONUS, AnswerScore, answer_reward
+from training.episodes import GoldReplay, answer_episodes, manager_episodes
 from training.rewards import (
-    AnswerReward,
-    ManagerReward,
-    OutputCounter,
-    answer_em_reward,
-    completion_text,
-    score_answer,
+    DUPLICATE_PENALTY, INVALID_REWARD, STALE_PENALTY, AnswerReward, ManagerReward, ManagerScorer, RewardStats,
+    completion_text, shuffled_within_groups,
 )
 
 
-def chat(text: str) -> list[dict[str, str]]:
-    """TRL 1.x's conversational completion form."""
-    return [{"role": "assistant", "content": text}]
+@pytest.fixture(scope="module")
+def episodes():
+    from memory_store import HashingEmbedder
+
+    return manager_episodes(generate_dataset(3, seed=1), GoldReplay(), HashingEmbedder(256))
 
 
-# ------------------------------------------------------------------ completion_text
+def _first(episodes, kind, pred=lambda e: True):
+    return next(e for e in episodes if e.kind == kind and pred(e))
+
+
+@pytest.mark.parametrize("raw", ["", "   ", "I think we should remember this", "UPDATE 9: x", "DELETE 0\nDELETE 0",
+                                 "ADD: the weather on Mars is cold and red"])
+def test_invalid_output_is_minus_one(episodes, raw):
+    e = _first(episodes, "change")
+    s = ManagerScorer().score(e, raw)
+    assert not s.valid and s.reward == INVALID_REWARD and s.error
+
+
+def test_superseded_value_is_penalised(episodes):
+    """A move ADDed next to the old city leaves "lives in <old>" shown to the "now" question."""
+    e = _first(episodes, "change", lambda e: any(q.superseded_values for q in e.questions))
+    scorer = ManagerScorer()
+    gold = scorer.score(e, e.target())
+    stale_add = scorer.score(e, "\n".join(f"ADD: {f}" for f in e.item.facts))
+    noop = scorer.score(e, "NOOP")
+    assert gold.valid and stale_add.valid and noop.valid
+    assert gold.stale == 0 and stale_add.stale > 0 and noop.stale > 0
+    assert stale_add.recall == pytest.approx(gold.recall)  # the same content is retrievable...
+    assert stale_add.reward == pytest.approx(gold.reward - STALE_PENALTY * stale_add.stale)  # ...but it is stale
+    assert gold.reward > stale_add.reward > noop.reward > INVALID_REWARD
+
+
+def test_duplicate_add_is_penalised(episodes):
+    e = _first(episodes, "repeat")
+    scorer = ManagerScorer()
+    noop, dup = scorer.score(e, "NOOP"), scorer.score(e, f"ADD: {e.item.facts[0]}")
+    assert dup.duplicates == 1 and noop.duplicates == 0
+    assert dup.reward == pytest.approx(noop.reward - DUPLICATE_PENALTY)
+
+
+def test_destroying_another_questions_answer_is_penalised(episodes):
+    """UPDATE of a memory that holds another question's answer, with unrelated-but-grounded text."""
+    scorer = ManagerScorer()
+    for e in episodes:
+        if not e.hits or e.kind != "new":
+            continue
+        for i, hit in enumerate(e.hits):
+            fact_words = set(e.item.facts[0].split()) & set(hit.text.split())
+            if not fact_words:
+                continue
+            s = scorer.score(e, f"UPDATE {i}: {e.item.facts[0]}")
+            if s.valid and s.guard > 0:
+                add = scorer.score(e, e.target())
+                assert add.guard == 0 and add.reward > s.reward
+                return
+    pytest.fail("no destructive update found in the episodes")
+
+
+def test_add_beats_noop_for_a_new_linked_fact(episodes):
+    e = _first(episodes, "new", lambda e: e.questions and e.hits)
+    scorer = ManagerScorer()
+    add, noop = scorer.score(e, e.target()), scorer.score(e, "NOOP")
+    assert add.recall > noop.recall and add.reward > noop.reward
+
+
+def test_trl_reward_contract_and_stats(episodes):
+    reward = ManagerReward(episodes)
+    e = _first(episodes, "change")
+    logged = {}
+    completions = [[{"role": "assistant", "content": e.target()}], "garbage", "NOOP"]
+    values = reward(completions, episode_id=[e.id] * 3, log_metric=lambda k, v: logged.setdefault(k, v))
+    assert values[1] == INVALID_REWARD and values[0] > values[2] > values[1]
+    assert logged["manager_dense/valid_rate"] == pytest.approx(2 / 3)
+    window = reward.stats.window()
+    assert window["valid_rate"] == pytest.approx(2 / 3) and window["ops_noop"] == pytest.approx(1 / 3)
+    assert reward.stats.window() == {}  # a window is read once
+    assert reward.stats.invalid == 1 and reward.stats.last_invalid == "garbage"
+    with pytest.raises(ValueError, match="episode_id"):
+        reward(["NOOP"])
+
+
 @pytest.mark.parametrize(
-    "completion,expected",
+    "score, metric, expected",
     [
-        ("plain", "plain"),
-        (chat("as chat"), "as chat"),
-        ({"role": "assistant", "content": "one dict"}, "one dict"),
-        ([], ""),
-        (None, ""),
-        ([{"role": "assistant", "content": "a"}, {"role": "assistant", "content": "b"}], "a\nb"),
+        (AnswerScore("Paris", True, 1.0, 1.0, 1.0, 1), "f1", 1.0 + QUOTE_BONUS),
+        (AnswerScore("Paris", True, 1.0, 1.0, 0.0, 0), "f1", 1.0),
+        (AnswerScore("in Paris", True, 0.5, 0.0, 0.0, 1), "em", 0.0),
+        (AnswerScore("in Paris", True, 0.5, 0.0, 0.5, 1), "f1", 0.5 + QUOTE_BONUS * 0.5),
+        (AnswerScore("Paris", False, 1.0, 1.0, 0.0, 0), "f1", 1.0 - MISSING_MARKER_PENALTY),
+        (AnswerScore("", False, 0.0, 0.0, 0.0, 0), "f1", -MISSING_MARKER_PENALTY),
     ],
 )
-def test_completion_text(completion, expected):
-    assert completion_text(completion) == expected
+def test_answer_reward_table(score, metric, expected):
+    assert answer_reward(score, metric) == pytest.approx(expected)
 
 
-# ------------------------------------------------------------------ answer reward
-ANSWER_TABLE = [
-    # completion text, gold, em, f1, valid
-    ("Relevant: [1]\n**Answer:** Rome", "Rome", 1.0, 1.0, True),
-    ("**Answer:** rome.", "Rome", 1.0, 1.0, True),  # normalisation: case, punctuation
-    ("**Answer:** the city of Rome", "Rome", 0.0, 0.4, True),  # partial credit under F1 only
-    ("**Answer:** Paris", "Rome", 0.0, 0.0, True),
-    ("Rome", "Rome", 0.0, 0.0, False),  # right words, no marker: 0 and counted
-    ("", "Rome", 0.0, 0.0, False),  # empty
-    ("**Answer:**   ", "Rome", 0.0, 0.0, False),  # marker with nothing after it
-    ("**Answer:** 7 May 2023\nmore chatter", "7 May 2023", 1.0, 1.0, True),  # first line only
-    ("**Answer:** 2022", 2022, 1.0, 1.0, True),  # integer gold (LoCoMo has some)
-    ("**Answer:** Berlin", ["Rome", "Berlin"], 1.0, 1.0, True),  # any accepted gold
-]
+def test_answer_reward_reads_replies_like_the_product(embedder):
+    eps = answer_episodes(generate_dataset(1, seed=2), GoldReplay(), embedder, count_tokens=None)
+    e = next(x for x in eps if x.qa.category == 4)
+    gold = e.qa.answer
+    holder = next((i for i, m in enumerate(e.shown) if gold.lower() in m.text.lower()), 0)
+    reward = AnswerReward(eps)
+    good = f"Relevant: [{holder}] {e.shown[holder].text}\n**Answer:** {gold}"
+    values = reward([good, f"**Answer:** {gold}", gold, "Relevant: [0]\n**Answer:** banana"], episode_id=[e.id] * 4)
+    assert values[0] > values[1] > values[2] and values[1] > values[3]
+    assert values[2] == pytest.approx(1.0 - MISSING_MARKER_PENALTY)  # right answer, no marker: penalised, counted
+    assert reward.stats.invalid == 1
 
 
-@pytest.mark.parametrize("form", ["str", "chat"])
-@pytest.mark.parametrize("text,gold,em,f1,valid", ANSWER_TABLE)
-def test_answer_reward_table(form, text, gold, em, f1, valid):
-    completion = text if form == "str" else chat(text)
-    for metric, expected in (("em", em), ("f1", f1)):
-        counter = OutputCounter()
-        reward = AnswerReward(metric, counter=counter)
-        assert reward([completion], answer=[gold]) == [pytest.approx(expected, abs=0.01)]
-        assert (counter.valid, counter.invalid) == ((1, 0) if valid else (0, 1))
+def test_shuffled_control_keeps_each_groups_rewards():
+    def reward(completions, **kw):
+        return [float(i) for i in range(len(completions))]
 
-
-def test_answer_reward_batch_names_and_log_metric():
-    logged = {}
-    reward = AnswerReward("em")
-    assert reward.__name__ == "answer_em"
-    out = reward(
-        ["**Answer:** a", "nothing", chat("**Answer:** b")],
-        answer=["a", "a", "c"],
-        log_metric=lambda name, value: logged.setdefault(name, value),
-        prompts=["p"] * 3,  # TRL passes extra columns; they must be ignored
-    )
-    assert out == [1.0, 0.0, 0.0]
-    assert logged == {"valid_rate/answer_em": pytest.approx(2 / 3)}
-    assert reward.counter.rate == pytest.approx(2 / 3)
+    shuffled = shuffled_within_groups(reward, 4, seed=1)
+    out = shuffled(list(range(8)))
+    assert sorted(out[:4]) == [0, 1, 2, 3] and sorted(out[4:]) == [4, 5, 6, 7]
+    assert out != [float(i) for i in range(8)]
+    assert shuffled.__name__ == "reward_shuffled"
     with pytest.raises(ValueError):
-        reward(["x"])  # no gold column
+        shuffled(list(range(6)))
 
 
-def test_module_level_answer_reward():
-    before = answer_em_reward.counter.total
-    assert answer_em_reward(["**Answer:** yes"], answer=["Yes"]) == [1.0]
-    assert answer_em_reward.__name__ == "answer_em_reward"
-    assert answer_em_reward.counter.total == before + 1
-
-
-def test_score_answer_metric_check():
-    assert score_answer("a", "a", "em") == 1.0
-    with pytest.raises(ValueError):
-        score_answer("a", "a", "judge")
-    with pytest.raises(ValueError):
-        AnswerReward("bleu")
-
-
-def test_output_counter_window_and_rate():
-    c = OutputCounter()
-    assert c.rate is None and c.window() is None
-    c.record(True)
-    c.record(False, "junk")
-    assert c.rate == 0.5 and c.last_invalid == "junk"
-    assert c.window() == 0.5
-    c.record(True)
-    assert c.window() == 1.0 and c.rate == pytest.approx(2 / 3)
-    c.reset()
-    assert c.total == 0
-
-
-# ------------------------------------------------------------------ bank copy
-def test_snapshot_bank_ops_do_not_touch_the_base(embedder):
-    records = load_records(dump_records([{"id": 3, "text": "Alice lives in Paris"}, {"id": 7, "text": "Alice likes tea"}]))
-    base = SnapshotBank.build(records, embedder)
-    copy = base.copy()
-    new_id = copy.add("Alice has a dog named Rex", "2023-05-01")
-    copy.update(3, "Alice lives in Berlin")
-    copy.delete(7)
-    assert new_id == 8
-    assert [r.text for r in copy.records] == ["Alice lives in Berlin", "Alice has a dog named Rex"]
-    assert [r.text for r in base.records] == ["Alice lives in Paris", "Alice likes tea"]
-    assert copy.search("where does Alice live? Berlin", 1)[0].text == "Alice lives in Berlin"
-    assert base.search("Paris", 5)[0].id == 3
-    assert len(copy.vectors) == 2 and len(base.vectors) == 2
-    with pytest.raises(KeyError):
-        copy.delete(7)
-
-
-def test_bank_cache_reuses_builds(embedder):
-    cache = BankCache(embedder, maxsize=2)
-    snap = dump_records([{"id": 1, "text": "x y"}])
-    assert cache.get(snap) is cache.get(snap)
-    cache.get(dump_records([]))
-    cache.get(dump_records([{"id": 2, "text": "z"}]))
-    assert len(cache._items) == 2
-
-
-# ------------------------------------------------------------------ manager reward
-SHOWN = [{"id": 10, "text": "Alice lives in Paris"}, {"id": 11, "text": "Alice likes tea"}]
-BANK = dump_records(SHOWN + [{"id": 12, "text": "Bob plays chess"}])
-
-
-def _answer_from_memories(messages):
-    """A frozen 'answer agent': answers with the city it finds in the memories."""
-    prompt = messages[-1]["content"]
-    for city in ("Berlin", "Paris"):
-        if f"lives in {city}" in prompt:
-            return f"Relevant: [0]\n**Answer:** {city}"
-    return "**Answer:** unknown"
-
-
-def _columns(n, question="Where does Alice live?", gold="Berlin"):
-    return dict(
-        shown=[json.dumps(SHOWN)] * n,
-        bank=[BANK] * n,
-        questions=[[question]] * n,
-        answers=[[gold]] * n,
-        timestamp=["2023-06-01T10:00:00"] * n,
-    )
-
-
-MANAGER_TABLE = [
-    # completion, expected reward, valid
-    ("UPDATE 0: Alice lives in Berlin", 1.0, True),
-    ('[{"op": "UPDATE", "id": 0, "text": "Alice lives in Berlin"}]', 1.0, True),  # paper's JSON
-    ("DELETE 0\nADD: Alice lives in Berlin now", 1.0, True),
-    ("ADD: Alice moved, she lives in Berlin", 1.0, True),
-    ("NOOP", 0.0, True),  # valid, but the bank still says Paris
-    ("UPDATE 5: Alice lives in Berlin", 0.0, False),  # hallucinated id
-    ("DELETE 2", 0.0, False),  # id 2 exists in the bank but was not shown
-    ("I think Alice moved.", 0.0, False),  # prose
-    ("", 0.0, False),  # empty: never a silent NOOP
-    ("UPDATE 0: x\nDELETE 0", 0.0, False),  # one id touched twice
-]
-
-
-@pytest.mark.parametrize("form", ["str", "chat"])
-@pytest.mark.parametrize("completion,expected,valid", MANAGER_TABLE)
-def test_manager_reward_table(scripted, embedder, form, completion, expected, valid):
-    llm = scripted(default=_answer_from_memories)
-    reward = ManagerReward(llm, embedder=embedder)
-    c = completion if form == "str" else chat(completion)
-    assert reward([c], **_columns(1)) == [expected]
-    assert (reward.counter.valid, reward.counter.invalid) == ((1, 0) if valid else (0, 1))
-    # invalid completions never reach the answer agent
-    assert len(llm.prompts) == (1 if valid else 0)
-
-
-def test_manager_reward_batches_answer_calls_and_averages(scripted, embedder):
-    llm = scripted(default=_answer_from_memories)
-    reward = ManagerReward(llm, embedder=embedder, metric="f1")
-    cols = _columns(3)
-    cols["questions"] = [["Where does Alice live?", "Where does Alice live now?"]] * 3
-    cols["answers"] = [["Berlin", "Paris"]] * 3
-    out = reward(["UPDATE 0: Alice lives in Berlin", "NOOP", "garbage"], **cols)
-    assert out == [0.5, 0.5, 0.0]  # each valid completion gets one of the two questions right
-    assert len(llm.calls) == 1 and llm.calls[0]["n"] == 4  # 2 valid completions x 2 questions, one call
-    assert reward.__name__ == "manager_f1"
-
-
-def test_manager_reward_applies_to_a_copy(scripted, embedder):
-    llm = scripted(default=_answer_from_memories)
-    reward = ManagerReward(llm, embedder=embedder)
-    cols = _columns(2)
-    # the first completion deletes Paris; the second must still see the original bank
-    out = reward(["DELETE 0\nADD: Alice lives in Berlin", "NOOP"], **cols)
-    assert out == [1.0, 0.0]
-    second_prompt = llm.prompts[1][-1]["content"]
-    assert "Alice lives in Paris" in second_prompt and "Berlin" not in second_prompt
-
-
-def test_manager_reward_answer_prompt_is_the_pipelines(scripted, embedder):
-    """Retrieval capped at top_k, memories shown oldest first with their dates, as AnswerAgent.build."""
-    llm = scripted(default=_answer_from_memories)
-    dated = dump_records([dict(m, timestamp="2023-01-0%dT10:00:00" % (i + 1)) for i, m in enumerate(SHOWN)])
-    cols = dict(_columns(1), bank=[dated])
-    ManagerReward(llm, embedder=embedder)(["ADD: Alice lives in Berlin"], **cols)
-    lines = llm.prompts[0][-1]["content"].splitlines()
-    assert lines[0] == "Memories:" and lines[-1] == "Question: Where does Alice live?"
-    assert lines[1:-1] == [
-        "[0] 1 January 2023: Alice lives in Paris",
-        "[1] 2 January 2023: Alice likes tea",
-        "[2] 1 June 2023: Alice lives in Berlin",  # the ADDed memory carries the turn's date
-    ]
-    llm2 = scripted(default=_answer_from_memories)
-    ManagerReward(llm2, embedder=embedder, top_k=2)(["ADD: Alice lives in Berlin"], **cols)
-    assert sum(line.startswith("[") for line in llm2.prompts[0][-1]["content"].splitlines()) == 2
-
-
-def test_manager_reward_splits_retrieval_by_speaker(scripted, embedder):
-    """Two speakers in the bank: k/2 memories each, like AnswerAgent.retrieve."""
-    bank = dump_records(
-        [{"id": i, "text": f"Alice fact {i}", "speaker": "Alice"} for i in range(1, 6)]
-        + [{"id": i, "text": f"Bob note {i}", "speaker": "Bob"} for i in range(6, 8)]
-    )
-    llm = scripted(default="**Answer:** x")
-    cols = dict(shown=["[]"], bank=[bank], questions=[["Alice fact?"]], answers=[["x"]])
-    ManagerReward(llm, embedder=embedder, top_k=4)(["NOOP"], **cols)
-    shown = [ln for ln in llm.prompts[0][-1]["content"].splitlines() if ln.startswith("[")]
-    assert sum("Alice fact" in ln for ln in shown) == 2 and sum("Bob note" in ln for ln in shown) == 2
-
-
-def test_manager_reward_stops_at_blank_line_like_the_pipeline(scripted, embedder):
-    llm = scripted(default=_answer_from_memories)
-    reward = ManagerReward(llm, embedder=embedder)
-    assert reward(["UPDATE 0: Alice lives in Berlin\n\nrambling that is not an op"], **_columns(1)) == [1.0]
-    assert reward(["\n\nUPDATE 0: Alice lives in Berlin"], **_columns(1)) == [0.0]  # nothing before the stop
-    assert reward.counter.invalid == 1
-
-
-def test_manager_reward_needs_its_columns(scripted, embedder):
-    reward = ManagerReward(scripted(default="x"), embedder=embedder)
-    with pytest.raises(ValueError, match="shown"):
-        reward(["NOOP"], bank=[BANK], questions=[["q"]], answers=[["a"]])
-
-
-def test_manager_reward_applies_the_pipelines_grounding_rule(scripted, embedder):
-    """With the ``facts`` column, invented text scores 0 and is counted invalid, as the
-    MemoryManager would refuse it; the same completion grounded in the facts scores."""
-    llm = scripted(default="x")
-    llm.generate = lambda batch, **kw: [_answer_from_memories(m) for m in batch]
-    reward = ManagerReward(llm, embedder=embedder)
-    cols = _columns(2)
-    cols["facts"] = [json.dumps(["Alice moved to Berlin"])] * 2
-    out = reward(["UPDATE 0: Alice lives in Berlin", "UPDATE 0: Alice lives in Berlin, loves bananas, mangoes, kiwis and melons"], **cols)
-    assert out == [1.0, 0.0]
-    assert reward.counter.total == 2 and reward.counter.rate == 0.5
+def test_completion_text_and_stats():
+    assert completion_text([{"role": "assistant", "content": "NOOP"}]) == "NOOP"
+    assert completion_text({"content": "x"}) == "x" and completion_text(None) == ""
+    stats = RewardStats()
+    stats.record(True, recall=0.5)
+    stats.record(False, "bad", recall=None)
+    assert stats.window() == {"recall": 0.5, "valid_rate": 0.5} and stats.rate == 0.5

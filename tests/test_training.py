@@ -1,12 +1,14 @@
-"""GRPO smoke runs on a tiny random model built here (no download, a few seconds).
+"""GRPO end to end on a tiny random model built here (no download, a few seconds per run).
 
-The model is a 1-layer Llama with hidden size 16 and a WordLevel tokenizer
-whose vocabulary contains the answer marker, so random sampling sometimes
-produces a "valid" answer. A text-hash reward is added next to ours so that the
-two completions of a group differ in reward (otherwise GRPO's advantage is 0
-and nothing moves). Checked: the reward functions are called, the weights
-change, metrics.csv / reward_curve.png / the checkpoint are written, and the
-checkpoint loads back through ``resolve_llm`` into ``Memory``.
+The model is a 1-layer Llama with hidden size 16 over a small word-level
+vocabulary. Its output head is biased towards ``NOOP`` so that, sampled at
+temperature 1, some completions are valid manager decisions and others are
+not: the real dense reward then has spread inside groups, and GRPO has
+something to learn from. Checked: the cold start and GRPO both run through
+``training.run.train``; some group has reward spread; the adapter moves
+during GRPO (not only during the SFT); metrics, the plot and the adapter are
+written; the adapter loads back into ``Memory``; the stop-string hook works
+with the real tokenizer; the CLI runs a stage.
 """
 
 from __future__ import annotations
@@ -20,35 +22,17 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("trl")
 pytest.importorskip("peft")
 
+WORDS = ("NOOP ADD: UPDATE DELETE 0 1 **Answer:** Relevant: alice lives in paris lisbon moved from to has a cat "
+         "works as nurse the").split()
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread():
-    """Tiny matmuls on a shared CPU: thread hand-offs cost 100x the math; use one thread."""
+    """Tiny matmuls on a shared CPU: thread hand-offs cost more than the math."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-WORDS = (
-    "**Answer:** yes no paris london red blue caroline melanie went to the park on may 7 2023 "
-    "she he painted a sunrise lake ADD UPDATE DELETE NOOP memory fact user assistant system"
-).split()
-
-
-def _tiny_tokenizer():
-    """The embedded SmolLM2 tokenizer when its cached folder exists (no download), else a WordLevel one.
-
-    The real tokenizer matters for the Memory test: the pipeline stops the
-    manager at a blank line, and transformers' stop strings need a
-    byte-level vocabulary.
-    """
-    from memory_agent.embedded import smollm2_cache_path, smollm2_is_cached
-
-    if smollm2_is_cached():
-        from transformers import AutoTokenizer
-
-        return AutoTokenizer.from_pretrained(smollm2_cache_path())
-    return _wordlevel_tokenizer()
 
 
 def _wordlevel_tokenizer():
@@ -59,305 +43,211 @@ def _wordlevel_tokenizer():
     vocab = {tok: i for i, tok in enumerate(specials + sorted(set(WORDS)))}
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        unk_token="<unk>",
-        pad_token="<pad>",
-        eos_token="<eos>",
-        additional_special_tokens=["<|im_start|>", "<|im_end|>"],
-    )
-    tok.chat_template = (
-        "{% for m in messages %}<|im_start|> {{ m['role'] }} {{ m['content'] }} <|im_end|> {% endfor %}"
-        "{% if add_generation_prompt %}<|im_start|> assistant {% endif %}"
-    )
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>", eos_token="<eos>",
+                                  additional_special_tokens=["<|im_start|>", "<|im_end|>"])
+    tok.chat_template = ("{% for m in messages %}<|im_start|> {{ m['role'] }} {{ m['content'] }} <|im_end|> "
+                         "{% endfor %}{% if add_generation_prompt %}<|im_start|> assistant {% endif %}")
     return tok
 
 
-def _tiny_model_folder(path: Path) -> Path:
+def _tiny_model_folder(path: Path, tok) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    tok = _tiny_tokenizer()
     torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        pad_token_id=tok.pad_token_id,
-        eos_token_id=tok.eos_token_id,
-        bos_token_id=None,
-        tie_word_embeddings=False,
-    )
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=2048,
+                      pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=None,
+                      tie_word_embeddings=False)
     model = LlamaForCausalLM(cfg)
+    with torch.no_grad():
+        # A constant direction in the residual stream (embedding dim 0) read by the output head
+        # as a bias: "NOOP" and the end of a reply get a head start, so at temperature 1 some
+        # samples are valid decisions and others are not.
+        model.model.embed_tokens.weight[:, 0] = 10.0
+        model.lm_head.weight[:, 0] = 0.0
+        model.lm_head.weight[tok.convert_tokens_to_ids("NOOP"), 0] = 0.75
+        model.lm_head.weight[tok.eos_token_id, 0] = 0.25
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return path
 
 
-def _answer_dataset(n: int = 4):
-    from datasets import Dataset
-
-    rows = [
-        {
-            "prompt": [{"role": "user", "content": "where did caroline go on may 7"}],
-            "question": "where did caroline go",
-            "answer": "the park",
-        }
-        for _ in range(n)
-    ]
-    return Dataset.from_list(rows)
-
-
-def _config(out: Path, **overrides):
+def _config(out: Path, base: Path, task: str = "manager", **overrides):
     from training.config import load_config
 
-    values = dict(
-        task="answer",
-        output_dir=str(out / "trainer"),
-        device="cpu",
-        max_steps=2,
-        per_device_train_batch_size=2,
-        num_generations=2,
-        max_completion_length=6,
-        learning_rate=5e-2,
-        temperature=1.0,
-        seed=0,
-        beta=0.0,
-        lora_r=4,
-        lora_alpha=8,
-        dataloader_num_workers=0,
-        disable_tqdm=True,
-    )
+    values = dict(task=task, model=str(base), device="cpu", embedder="hashing", data="synthetic:2:1",
+                  val="synthetic:1:9", val_limit=3, output_dir=str(out / "_trainer"), max_steps=3,
+                  per_device_train_batch_size=1, gradient_accumulation_steps=4, num_generations=4,
+                  max_completion_length=6, generation_kwargs={}, learning_rate=5e-2, temperature=1.0, seed=0,
+                  lora_r=4, lora_alpha=8, cold_start=True, cold_start_examples=4, cold_start_epochs=1.0,
+                  cold_start_batch_size=2, cold_start_learning_rate=1e-3, gate_prompts=2, max_episodes=6)
     values.update(overrides)
     return load_config(None, **values)
 
 
-def _text_reward(completions, **kwargs):
-    """Different texts get different rewards (a CRC), so every group has a nonzero advantage."""
-    import zlib
-
-    from training.rewards import completion_text
-
-    return [zlib.crc32(completion_text(c).encode()) % 1000 / 1000 for c in completions]
-
-
-class _Spy:
-    """Wraps a reward to record that TRL called it, keeping its name."""
-
-    def __init__(self, fn):
-        self.fn = fn
-        self.calls = 0
-        self.__name__ = getattr(fn, "__name__", "spy")
-
-    def __call__(self, completions, **kwargs):
-        self.calls += 1
-        return self.fn(completions, **kwargs)
-
-
-def _state(model) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    tok = _wordlevel_tokenizer()
+    return _tiny_model_folder(root / "base", tok), tok
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """One LoRA run and one full fine-tuning run, shared by the tests below."""
-    from training.rewards import AnswerReward, OutputCounter
-    from training.trainer import run_grpo
+def manager_run(tiny, tmp_path_factory):
+    from memory_agent.llms import ScriptedLLM
+    from memory_store import HashingEmbedder
+    from training.run import Resources, train
 
-    root = tmp_path_factory.mktemp("grpo")
-    base = _tiny_model_folder(root / "base")
-    results = {}
-    for kind, use_lora in (("lora", True), ("full", False)):
-        out = root / kind
-        counter = OutputCounter()
-        answer = _Spy(AnswerReward("f1", counter=counter))
-        length = _Spy(_text_reward)
-        cfg = _config(out, use_lora=use_lora)
-        from training.trainer import build_grpo_trainer  # noqa: F401  (import cost outside the timing)
-
-        captured = {}
-
-        class _Capture:
-            def on_train_begin(self, args, state, control, model=None, **kw):
-                captured["before"] = _state(model)
-
-            def __getattr__(self, name):  # every other callback event: no-op
-                return lambda *a, **k: None
-
-        trainer, result = run_grpo(
-            cfg,
-            _answer_dataset(),
-            [answer, length],
-            out,
-            counters={"answer": counter},
-            model=str(base),
-            extra_callbacks=[_Capture()],
-        )
-        results[kind] = dict(
-            out=out,
-            base=base,
-            trainer=trainer,
-            result=result,
-            spies=(answer, length),
-            counter=counter,
-            before=captured["before"],
-            after=_state(trainer.model),
-        )
-    return results
+    base, tok = tiny
+    out = tmp_path_factory.mktemp("run") / "manager"
+    # Validation runs the product's generate(), whose stop strings need a byte-level tokenizer;
+    # a scripted model stands in for it here (GRPO itself samples the tiny model).
+    res = Resources(embedder=HashingEmbedder(64), tokenizer=tok, load_llm=lambda path: ScriptedLLM(default="NOOP"))
+    summary = train(_config(out, base), out, resources=res)
+    return out, summary
 
 
-@pytest.mark.parametrize("kind", ["lora", "full"])
-def test_reward_functions_called_and_weights_change(runs, kind):
-    run = runs[kind]
-    answer, length = run["spies"]
-    assert answer.calls >= 2 and length.calls >= 2
-    assert run["counter"].total == answer.calls * 2  # 1 prompt x 2 generations per step
-    changed = [k for k in run["before"] if not torch.equal(run["before"][k], run["after"][k])]
-    assert changed, "no trainable weight changed"
-    if kind == "lora":
-        assert all("lora_" in k for k in run["before"])
-
-
-@pytest.mark.parametrize("kind", ["lora", "full"])
-def test_outputs_written(runs, kind):
+def test_grpo_has_reward_spread_and_moves_the_adapter(manager_run):
     from training.callbacks import read_metrics
 
-    run = runs[kind]
-    out = run["out"]
+    out, summary = manager_run
     rows = read_metrics(out / "metrics.csv")
-    assert [r["step"] for r in rows] == [1.0, 2.0]
-    assert all(r["reward"] is not None and r["valid_rate"] is not None for r in rows)
-    assert all(r["entropy"] is not None and r["step_seconds"] is not None for r in rows)
-    assert (out / "reward_curve.png").stat().st_size > 1000
-    summary = run["result"].summary()
-    assert summary["steps"] == 2 and summary["reward_first"] is not None
-    if kind == "lora":
-        cfg = json.loads((out / "adapter_config.json").read_text())
-        assert cfg["base_model_name_or_path"] == str(Path(run["base"]).resolve())
-        assert (out / "adapter_model.safetensors").is_file()
-    else:
-        assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()
+    assert [r["step"] for r in rows] == [1.0, 2.0, 3.0]
+    assert any(r["frac_reward_zero_std"] < 1.0 for r in rows), "no group had reward spread"
+    assert all(r["lora_update_norm"] is not None for r in rows)
+    assert rows[-1]["lora_update_norm"] > 0  # GRPO itself changed the adapter...
+    # ...on top of the cold start: the final adapter differs from the SFT adapter it continued
+    from safetensors.torch import load_file
+
+    sft = load_file(str(out / "cold_start" / "adapter_model.safetensors"))
+    final = load_file(str(out / "adapter_model.safetensors"))
+    assert sft.keys() == final.keys() and any(not torch.equal(sft[k], final[k]) for k in sft)
+    assert all(v.dtype == torch.float16 for v in final.values())  # shipped small
+    assert {"valid_rate", "ops_noop", "recall"} <= set(rows[0])
 
 
-@pytest.mark.parametrize("kind", ["lora", "full"])
-def test_checkpoint_loads_with_resolve_llm(runs, kind):
-    llms = pytest.importorskip("memory_agent.llms")
-    llm = llms.resolve_llm(str(runs[kind]["out"]))
-    (reply,) = llm.generate([[{"role": "user", "content": "where did caroline go"}]], max_new_tokens=3)
-    assert isinstance(reply, str)
-    # the trained weights, not the base: compare one trainable tensor
-    trained = dict(runs[kind]["trainer"].model.named_parameters())
-    loaded = dict(llm.model.named_parameters())
-    key = next(k for k in runs[kind]["after"] if k in loaded)
-    assert torch.allclose(loaded[key].float(), trained[key].detach().float())
+def test_run_writes_summary_gate_and_plot(manager_run):
+    out, summary = manager_run
+    saved = json.loads((out / "train_summary.json").read_text())
+    assert saved["steps"] == 3 and saved["episodes"] <= 6 and saved["sft_episodes"] == 4
+    assert saved["cold_start"]["steps"] == 2  # one epoch of 4 examples at batch 2
+    gate = saved["gate"]
+    assert gate["tries"] and {"valid_rate", "distinct_per_group", "passed"} <= set(gate["tries"][0])
+    for key in ("val_before", "val_after_cold_start", "val_after"):
+        assert saved[key]["all"]["n"] == 3
+    assert saved["config"]["loss_type"] == "dr_grpo" and saved["config"]["scale_rewards"] == "none"
+    assert (out / "reward_curve.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"].endswith("base")
 
 
-# ------------------------------------------------------------------ the CLI, end to end
-@pytest.fixture(scope="module")
-def cli_runs(runs, tmp_path_factory):
-    """``memory-agent train answer|manager`` on the tiny model (LLM-free banks, 1 step each)."""
-    from click.testing import CliRunner
+def test_sft_and_grpo_prompts_are_disjoint(tiny, tmp_path):
+    from memory_store import HashingEmbedder
+    from training.episodes import GoldReplay, load_conversations, manager_episodes, split_episodes
 
-    from memory_agent.cli import cli
-
-    import yaml
-
-    from training.config import read_recipe
-
-    base = str(runs["lora"]["base"])
-    root = tmp_path_factory.mktemp("cli")
-    # The CPU recipe, shrunk: the point is the wiring, not the learning.
-    recipe = dict(read_recipe("cpu_smollm2.yaml"), max_completion_length=8, num_generations=2,
-                  per_device_train_batch_size=2, gradient_accumulation_steps=1, retrieve_k=8, max_episodes=4)
-    (root / "tiny.yaml").write_text(yaml.safe_dump(recipe))
-    out = {}
-    for task in ("manager", "answer"):
-        target = root / task
-        args = [
-            "train", task, "--data", "synthetic:2", "--val", "synthetic:1:9", "--val-limit", "2",
-            "--out", str(target), "--config", str(root / "tiny.yaml"), "--max-steps", "1",
-            "--model", base, "--answer-model", base, "--embedder", "hashing", "--bank-source", "observations",
-            "--device", "cpu",
-        ] + (["--cold-start", "--cold-start-steps", "1", "--cold-start-examples", "3", "--learning-rate", "1e-4"]
-             if task == "answer" else [])
-        result = CliRunner().invoke(cli, args, catch_exceptions=False)
-        assert result.exit_code == 0, result.output
-        out[task] = (target, result.output)
-    return out
+    eps = manager_episodes(load_conversations("synthetic:2:1"), GoldReplay(), HashingEmbedder(64))
+    sft, grpo = split_episodes([e for e in eps if e.gold is not None], 4)
+    assert not {e.id for e in sft} & {e.id for e in grpo}
 
 
-@pytest.mark.parametrize("task", ["manager", "answer"])
-def test_cli_train_writes_summary(cli_runs, task):
-    target, output = cli_runs[task]
-    assert f"trained {task}: 1 steps" in output
-    summary = json.loads((target / "train_summary.json").read_text())
-    assert summary["task"] == task and summary["steps"] == 1
-    assert summary["episodes"] > 0 and summary["checkpoint_loads"] is True
-    for key in ("wall_seconds", "seconds_per_step_mean", "reward_first", "valid_rate_first", "val_before", "val_after"):
-        assert summary[key] is not None, key
-    assert summary["val_before"]["n"] == 2
-    if task == "answer":  # trained with --cold-start: validated before it, after it and at the end
-        assert summary["cold_start"]["steps"] == 1 and summary["val_after_cold_start"]["n"] == 2
-        assert summary["cold_start"]["examples"] == min(3, summary["episodes"])  # --cold-start-examples
-        assert summary["config"]["learning_rate"] == 1e-4  # --learning-rate
-        assert (target / "cold_start" / "cold_start.json").is_file()
-    assert (target / "metrics.csv").is_file() and (target / "reward_curve.png").is_file()
-    assert (target / "adapter_config.json").is_file()
+def test_adapter_plugs_into_memory(manager_run, tmp_path, scripted):
+    from safetensors.torch import load_file
 
-
-def test_checkpoints_plug_into_memory(cli_runs, scripted, tmp_path):
-    """A trained manager/answer folder is what Memory takes as manager_llm / answer_llm."""
-    pytest.importorskip("memory_agent.memory")
-    from memory_agent.embedded import smollm2_is_cached
-
-    if not smollm2_is_cached():
-        pytest.skip("stop strings need a byte-level tokenizer; run `memory-agent setup` first")
     from memory_agent.llms import resolve_llm
     from memory_agent.memory import Memory
     from memory_store import HashingEmbedder, MemoryStore
 
-    manager = resolve_llm(str(cli_runs["manager"][0]))
-    answer = resolve_llm(str(cli_runs["answer"][0]))
-    extract = scripted(default="- Maya lives in Lyon")
+    out, _ = manager_run
+    policy = resolve_llm(str(out))
+    assert policy.model.peft_config["default"].r == 4
+    saved = load_file(str(out / "adapter_model.safetensors"))
+    loaded = dict(policy.model.named_parameters())
+    key = next(k for k in saved if "lora_B" in k)
+    match = loaded[key.replace("lora_B.weight", "lora_B.default.weight")]
+    assert torch.allclose(match.float(), saved[key].float(), atol=1e-3)  # the trained weights, not a fresh adapter
     store = MemoryStore(tmp_path / "m", embedder=HashingEmbedder(64))
-    with Memory(store, extract_llm=extract, manager_llm=manager, answer_llm=answer) as mem:
-        assert mem.manager_llm is manager and mem.answer_llm is answer
-        mem.add([{"speaker": "Maya", "text": "I live in Lyon."}], user_id="u", timestamp="2023-05-01")
-        mem.add([{"speaker": "Maya", "text": "I still live in Lyon."}], user_id="u", timestamp="2023-05-02")
-        reply = mem.answer("Where does Maya live?", user_id="u")
-    assert isinstance(reply.raw, str)  # the tiny model's text; parsed and counted, whatever it is
+    with Memory(store, extract_llm=scripted(default="- Alice lives in Paris"), manager_llm=scripted(default="NOOP"),
+                answer_llm=policy) as mem:
+        mem.add([{"speaker": "Alice", "text": "I live in Paris."}], user_id="u", timestamp="2023-05-01")
+        reply = mem.answer("Where does Alice live?", user_id="u")
+    assert mem.answer_llm is policy and isinstance(reply.raw, str)  # generated, parsed and counted
 
 
-@pytest.mark.parametrize(
-    "n_items, n, picked",
-    [(10, 20, list(range(10))), (10, 10, list(range(10))), (10, 5, [0, 2, 4, 6, 8]), (10, 3, [0, 3, 6]), (5, 0, [])],
-)
-def test_cold_start_examples_are_spread_over_the_episodes(n_items, n, picked):
-    from training.run import _spread
+def test_stop_strings_end_grpo_samples_like_the_product():
+    """With the real tokenizer, generation stops at the manager's blank line and ends in a pad."""
+    from memory_agent.embedded import smollm2_cache_path, smollm2_is_cached
 
-    assert _spread(list(range(n_items)), n) == picked
+    if not smollm2_is_cached():
+        pytest.skip("needs the embedded tokenizer (memory-agent setup)")
+    from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    from training.trainer import attach_stop_strings
+
+    tok = AutoTokenizer.from_pretrained(smollm2_cache_path())
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32,
+                                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2))
+    nl = tok.convert_tokens_to_ids("Ċ")
+    with torch.no_grad():  # a constant direction read as a bias: "\n" is nearly certain, so the sample is "\n\n"
+        model.model.embed_tokens.weight[:, 0] = 10.0
+        model.lm_head.weight[:, 0] = 0.0
+        model.lm_head.weight[nl, 0] = 5.0
+    attach_stop_strings(model, tok)
+    config = GenerationConfig(max_new_tokens=8, do_sample=False, stop_strings=["\n\n"], pad_token_id=tok.pad_token_id,
+                              eos_token_id=tok.eos_token_id)
+    prompt = tok("ADD: x", return_tensors="pt")["input_ids"]
+    out = model.generate(input_ids=prompt, generation_config=config)
+    new = out[0, prompt.shape[1]:].tolist()
+    assert new == [nl, nl, tok.pad_token_id]  # stopped at the blank line; the pad marks it as not truncated
 
 
-# ------------------------------------------------------------------ config
-def test_config_recipes_and_overrides(tmp_path):
+def test_cli_trains_a_stage(tiny, tmp_path):
+    from click.testing import CliRunner
+
+    import yaml
+
+    from memory_agent.cli import cli
+
+    base, _tok = tiny
+    recipe = {"task": "answer", "device": "cpu", "embedder": "hashing", "data": "synthetic:1:1", "max_steps": 1,
+              "per_device_train_batch_size": 1, "gradient_accumulation_steps": 2, "num_generations": 2,
+              "max_completion_length": 4, "cold_start": False, "max_episodes": 2, "lora_r": 2, "lora_alpha": 4}
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(recipe))
+    result = CliRunner().invoke(cli, ["train", "answer", "--out", str(tmp_path / "a"), "--config",
+                                      str(tmp_path / "tiny.yaml"), "--model", str(base), "--json"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert '"task": "answer"' in result.output  # --json prints the summary
+    summary = json.loads((tmp_path / "a" / "train_summary.json").read_text())
+    assert summary["task"] == "answer" and summary["steps"] == 1
+    assert (tmp_path / "a" / "adapter_model.safetensors").is_file()
+
+
+def test_config_recipes_and_defaults(tmp_path):
     from trl import GRPOConfig
 
+    from memory_agent.defaults import MANAGER_MAX_NEW_TOKENS, MANAGER_STOP
     from memory_agent.errors import ConfigError
-    from training.config import EXTRA_FIELDS, load_config, read_recipe
+    from training.config import EXTRA_FIELDS, default_recipe, load_config, read_recipe
 
-    cfg = load_config("cpu_smollm2.yaml", task="manager", max_steps=3, device="cpu", output_dir=str(tmp_path))
-    assert isinstance(cfg, GRPOConfig)  # goes straight to GRPOTrainer
-    assert cfg.max_steps == 3 and cfg.use_cpu and not cfg.bf16 and cfg.target_device == "cpu"
-    assert cfg.policy_spec == "default" and cfg.num_generations == 4 and cfg.logging_steps == 1
-    assert load_config(None, task="answer", answer_model="x", device="cpu").policy_spec == "x"
-    assert {"reward_metric", "bank_source", "cold_start", "use_lora"} <= EXTRA_FIELDS
-    gpu = read_recipe("gpu_8b.yaml")  # parsed and checked (building it needs a GPU)
-    assert gpu["use_vllm"] is True and gpu["vllm_mode"] == "server" and gpu["device"] == "cuda"
-    for bad in ({"bogus": 1}, {"task": "judge"}, {"reward_metric": "bleu"}, {"bank_source": "x"}):
+    assert default_recipe("manager", "cpu").name == "cpu-manager.yaml"
+    assert default_recipe("answer", "cuda").name == "gpu-answer.yaml"
+    cfg = load_config("cpu-manager.yaml", task="manager", max_steps=3, output_dir=str(tmp_path))
+    assert isinstance(cfg, GRPOConfig) and cfg.max_steps == 3 and cfg.use_cpu and not cfg.bf16
+    assert cfg.num_generations >= 8 and cfg.loss_type == "dr_grpo" and cfg.scale_rewards == "none"
+    assert cfg.mask_truncated_completions and cfg.epsilon_high == 0.28 and cfg.beta == 0.0
+    assert cfg.max_completion_length == MANAGER_MAX_NEW_TOKENS
+    assert cfg.generation_kwargs == {"stop_strings": list(MANAGER_STOP)}
+    assert getattr(cfg.lr_scheduler_type, "value", cfg.lr_scheduler_type) == "constant"
+    assert {"bank_source", "cold_start", "shuffle_rewards", "lora_top_layers"} <= EXTRA_FIELDS
+    for name in ("gpu-manager.yaml", "gpu-answer.yaml"):  # parsed and checked on a CPU (building needs a GPU)
+        gpu = read_recipe(name)
+        assert gpu["use_vllm"] is True and gpu["vllm_mode"] == "colocate" and gpu["device"] == "cuda"
+        assert gpu["num_generations"] >= 8
+        cfg = load_config(name, device="cpu", use_vllm=False, output_dir=str(tmp_path))  # every field is valid
+        assert cfg.lora_r == 64
+    for bad in ({"bogus": 1}, {"task": "judge"}, {"reward_metric": "bleu"}, {"bank_source": "x"},
+                {"cold_start_epochs": 0}):
         with pytest.raises(ConfigError):
             load_config(None, device="cpu", **bad)
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="recipes"):
         load_config(tmp_path / "missing.yaml")

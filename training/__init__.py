@@ -5,13 +5,18 @@ frozen inside its reward, then the Answer Agent over banks built by the
 trained manager. TRL's ``GRPOTrainer`` does the optimisation; this package
 builds what it needs:
 
-* :mod:`training.episodes`, :mod:`training.replay`, :mod:`training.pipeline_replay`:
-  prompts and reward data from conversations with QA;
-* :mod:`training.rewards` (with :mod:`training.bank`): TRL-style reward callables;
-* :mod:`training.pipeline`: the one place that mirrors the inference pipeline;
+* :mod:`training.episodes`: prompts and reward data from conversations with QA,
+  built by the product's own manager and answer code on in-memory stores;
+* :mod:`training.rewards`: TRL-style rewards (the dense manager reward, the answer reward);
+* :mod:`training.validate`, :mod:`training.compare`, :mod:`training.proxy`: greedy
+  validation, policy comparisons with paired bootstrap intervals, and the check
+  that the dense reward ranks decisions as the Answer Agent's F1 does;
 * :mod:`training.config`, :mod:`training.trainer`, :mod:`training.callbacks`,
   :mod:`training.sft`, :mod:`training.run`: configuration, the trainer, metrics,
-  the optional SFT cold start and the end-to-end stages (``memory-agent train``).
+  the SFT cold start and the end-to-end stages (``memory-agent train``).
+
+Nothing here re-implements a pipeline step: training calls the product's
+``MemoryManager`` and ``AnswerAgent`` and scores with :mod:`eval.scoring`.
 
 Submodules are imported on use: ``import training`` does not load torch or trl.
 """
@@ -24,7 +29,7 @@ from typing import Any
 __all__ = [
     "AnswerReward",
     "ManagerReward",
-    "OutputCounter",
+    "RewardStats",
     "MemoryGRPOConfig",
     "load_config",
     "train",
@@ -33,7 +38,7 @@ __all__ = [
 _LAZY = {
     "AnswerReward": "training.rewards",
     "ManagerReward": "training.rewards",
-    "OutputCounter": "training.rewards",
+    "RewardStats": "training.rewards",
     "MemoryGRPOConfig": "training.config",
     "load_config": "training.config",
     "train": "training.run",

@@ -1,15 +1,19 @@
-"""Training configuration: TRL's ``GRPOConfig`` plus the Memory-R1 specifics.
+"""Training configuration: TRL's ``GRPOConfig`` plus what TRL does not know about.
 
-:class:`MemoryGRPOConfig` *is* a ``GRPOConfig`` (so it goes straight to
-``GRPOTrainer``) with extra fields for what TRL does not know about: which
-agent is trained, which models play the frozen parts, how episodes are built,
-LoRA, the optional SFT cold start and the quick validation pass. A recipe is
-a YAML file of field values (``training/recipes/*.yaml``); the CLI overrides
-a few of them.
+:class:`MemoryGRPOConfig` *is* a ``GRPOConfig`` (it goes straight to
+``GRPOTrainer``) with fields for which agent is trained, where its episodes
+come from, LoRA, the cold start and the gate before GRPO. A recipe is a YAML
+file of field values (``training/recipes/``); :func:`default_recipe` picks
+the one for the device (``cpu-manager.yaml`` on a CPU, ``gpu-manager.yaml``
+with CUDA) and CLI flags override single fields.
 
-Device handling lives here too (:func:`resolve_device`): ``auto`` picks CUDA
-with bf16 when there is a GPU and plain float32 on the CPU (TRL defaults to
-bf16, which is slow or unsupported on most CPUs).
+:func:`load_config` also applies what every run needs for a learning signal
+unless a recipe says otherwise: the product's generation budget and stop
+strings (:mod:`memory_agent.defaults`), ``loss_type="dr_grpo"`` with
+``scale_rewards="none"`` (no division by a group's near-zero std, no length
+bias), clip-higher (``epsilon_high=0.28``), a constant learning rate and
+masked truncated completions. Device handling lives here too
+(:func:`resolve_device`): CUDA with bf16 when there is a GPU, float32 on a CPU.
 """
 
 from __future__ import annotations
@@ -22,107 +26,78 @@ from typing import Any
 import yaml
 from trl import GRPOConfig
 
+from memory_agent.defaults import ANSWER_MAX_NEW_TOKENS, MANAGER_MAX_NEW_TOKENS, MANAGER_STOP
 from memory_agent.errors import ConfigError
 
-__all__ = ["MemoryGRPOConfig", "TASKS", "EXTRA_FIELDS", "load_config", "read_recipe", "resolve_device", "RECIPES_DIR"]
+__all__ = ["MemoryGRPOConfig", "TASKS", "EXTRA_FIELDS", "BANK_SOURCES", "load_config", "read_recipe",
+           "default_recipe", "resolve_device", "RECIPES_DIR"]
 
 TASKS = ("manager", "answer")
+BANK_SOURCES = ("gold", "turns", "pipeline")
+EMBEDDERS = ("default", "minilm", "hashing")
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
 
 
 @dataclass
 class MemoryGRPOConfig(GRPOConfig):
-    """``GRPOConfig`` + Memory-R1 fields. Every extra field has a CPU-friendly default."""
+    """``GRPOConfig`` + memory-agent fields. Every extra field has a CPU-friendly default."""
 
-    # -- what is trained, and with which frozen partners -------------------------
-    task: str = field(default="answer", metadata={"help": "manager | answer"})
-    model: str | None = field(
-        default=None,
-        metadata={
-            "help": "Policy to start from: 'default' (embedded SmolLM2) or a folder (full model or LoRA adapter). "
-            "Unset: manager_model when training the manager, answer_model when training the answer agent."
-        },
-    )
-    manager_model: str = field(
-        default="default",
-        metadata={"help": "Manager used to build the memory banks (resolve_llm spec; a trained checkpoint for stage 2)."},
-    )
-    answer_model: str = field(
-        default="default", metadata={"help": "Frozen Answer Agent of the manager reward (resolve_llm spec)."}
-    )
-    embedder: str = field(
-        default="default",
-        metadata={"help": "'default'/'minilm' (the pipeline's MiniLM), 'hashing' (fast, for tests and CPU runs)."},
-    )
-    reward_metric: str = field(default="em", metadata={"help": "em (Memory-R1's choice) | f1 (partial credit)."})
-    # Not ``device``: TrainingArguments already has a ``device`` property.
+    # -- what is trained ------------------------------------------------------------
+    task: str = field(default="manager", metadata={"help": "manager | answer"})
+    model: str = field(default="default", metadata={"help": "Base model: 'default' (embedded SmolLM2) or a folder."})
+    embedder: str = field(default="default", metadata={"help": "default/minilm (the product's) | hashing (tests)."})
+    reward_metric: str = field(default="f1", metadata={"help": "Answer reward: f1 (partial credit) | em."})
     target_device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | cuda:N"})
+    cpu_threads: int | None = field(default=None, metadata={"help": "torch CPU threads (None: torch's default)."})
 
-    cpu_threads: int | None = field(
-        default=None,
-        metadata={"help": "torch CPU threads (None: torch's default). On a shared box 1 is often fastest."},
-    )
-
-    # -- episodes ----------------------------------------------------------------
-    bank_source: str = field(
-        default="pipeline",
-        metadata={
-            "help": "How earlier turns become a bank: 'pipeline' (the real extraction+manager, cached on disk), "
-            "'observations' (LoCoMo's annotated facts, no LLM) or 'turns' (each turn verbatim)."
-        },
-    )
+    # -- episodes --------------------------------------------------------------------
+    data: str | None = field(default=None, metadata={"help": "Training data spec (data.specs); None: locomo:train."})
+    val: str | None = field(default=None, metadata={"help": "Held-out data spec for the gate and validation."})
+    bank_source: str = field(default="gold", metadata={
+        "help": "How earlier turns become the bank: gold (the data's facts and edits), turns (verbatim), "
+                "pipeline (the product's extraction + manager_model, slow on a CPU)."})
+    manager_model: str = field(default="default", metadata={"help": "The manager of the pipeline bank source."})
     max_conversations: int | None = field(default=None, metadata={"help": "Use only the first N conversations."})
     max_turns: int | None = field(default=None, metadata={"help": "Replay at most N turns per conversation."})
-    max_episodes: int | None = field(default=None, metadata={"help": "Stop after N episodes (in dataset order)."})
-    retrieve_k: int = field(default=60, metadata={"help": "Memories retrieved per question (Memory-R1: 60)."})
-    include_adversarial: bool = field(default=False, metadata={"help": "Keep LoCoMo category-5 questions."})
-    episode_cache_dir: str | None = field(
-        default=None, metadata={"help": "Where built banks/episodes are cached (default: <memory-agent cache>/training)."}
-    )
-    answer_max_new_tokens: int = field(default=64, metadata={"help": "Frozen Answer Agent's budget in the manager reward."})
+    max_episodes: int | None = field(default=None, metadata={"help": "At most N GRPO episodes (seeded sample)."})
+    val_limit: int = field(default=64, metadata={"help": "At most N validation episodes (seeded sample)."})
 
-    # -- LoRA ----------------------------------------------------------------------
-    use_lora: bool = field(default=True, metadata={"help": "LoRA through peft (False: full fine-tuning)."})
-    lora_r: int = field(default=16)
-    lora_alpha: int = field(default=32)
+    # -- LoRA --------------------------------------------------------------------------
+    lora_r: int = field(default=8)
+    lora_alpha: int = field(default=16)
     lora_dropout: float = field(default=0.0)
-    lora_target_modules: list[str] | str | None = field(
-        default="all-linear", metadata={"help": "peft target_modules ('all-linear' or a list of module names)."}
-    )
-    merge_adapter: bool = field(default=False, metadata={"help": "Save merged full weights instead of the adapter."})
+    lora_target_modules: list[str] | str | None = field(default="all-linear")
+    lora_top_layers: int | None = field(default=None, metadata={
+        "help": "Adapt only the top N decoder layers (None: all); about 2x faster steps on a CPU."})
 
-    # -- cold start (SFT on well-formed outputs before RL) ---------------------------
-    cold_start: bool = field(default=False)
-    cold_start_max_steps: int = field(default=30)
+    # -- cold start and the gate ---------------------------------------------------------
+    cold_start: bool = field(default=True, metadata={"help": "SFT on gold targets before GRPO (own prompts)."})
+    cold_start_examples: int = field(default=160, metadata={"help": "SFT examples, split off the GRPO episodes."})
+    cold_start_epochs: float = field(default=1.0, metadata={"help": "Passes over the SFT examples (<= 1 advised)."})
     cold_start_learning_rate: float = field(default=2e-4)
-    cold_start_examples: int = field(default=64)
-    cold_start_probe: int = field(default=8, metadata={"help": "Prompts sampled to measure the valid-output rate."})
-
-    # -- validation --------------------------------------------------------------------
-    val_limit: int = field(default=20, metadata={"help": "At most N validation questions/episodes per pass."})
+    cold_start_batch_size: int = field(default=4)
+    gate_prompts: int = field(default=8, metadata={"help": "Held-out prompts sampled for the gate before GRPO."})
+    gate_min_valid_rate: float = field(default=0.5, metadata={"help": "Gate: share of valid samples needed."})
+    gate_min_distinct: float = field(default=1.5, metadata={"help": "Gate: distinct decisions per group needed."})
+    shuffle_rewards: bool = field(default=False, metadata={
+        "help": "Control run: permute rewards within each group (a policy trained on this must not gain)."})
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise ConfigError(f"task must be one of {TASKS}, got {self.task!r}")
         if self.reward_metric not in ("em", "f1"):
             raise ConfigError(f"reward_metric must be em or f1, got {self.reward_metric!r}")
-        if self.bank_source not in ("pipeline", "observations", "turns"):
-            raise ConfigError(f"bank_source must be pipeline, observations or turns, got {self.bank_source!r}")
-        if self.embedder not in ("default", "minilm", "hashing"):
-            raise ConfigError(f"embedder must be default, minilm or hashing, got {self.embedder!r}")
+        if self.bank_source not in BANK_SOURCES:
+            raise ConfigError(f"bank_source must be one of {BANK_SOURCES}, got {self.bank_source!r}")
+        if self.embedder not in EMBEDDERS:
+            raise ConfigError(f"embedder must be one of {EMBEDDERS}, got {self.embedder!r}")
+        if not 0 < self.cold_start_epochs <= 4:
+            raise ConfigError(f"cold_start_epochs must be in (0, 4], got {self.cold_start_epochs}")
         super().__post_init__()
-
-    @property
-    def policy_spec(self) -> str:
-        """The model the policy starts from (see ``model``)."""
-        if self.model:
-            return self.model
-        return self.manager_model if self.task == "manager" else self.answer_model
 
 
 EXTRA_FIELDS = frozenset(f.name for f in dataclasses.fields(MemoryGRPOConfig)) - frozenset(
-    f.name for f in dataclasses.fields(GRPOConfig)
-)
+    f.name for f in dataclasses.fields(GRPOConfig))
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -133,32 +108,51 @@ def resolve_device(device: str = "auto") -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def default_recipe(task: str, device: str = "auto") -> Path:
+    """The recipe for ``task`` on ``device``: ``cpu-<task>.yaml`` or ``gpu-<task>.yaml``."""
+    kind = "gpu" if resolve_device(device).startswith("cuda") else "cpu"
+    return RECIPES_DIR / f"{kind}-{task}.yaml"
+
+
 def _device_defaults(device: str) -> dict[str, Any]:
-    """Settings that follow from the device unless the recipe sets them itself."""
     if device.startswith("cuda"):
-        # bf16 weights (half the memory) and bf16 autocast; TRL would load float32 otherwise.
-        return {"bf16": True, "use_cpu": False, "model_init_kwargs": {"dtype": "bfloat16"}}
-    # float32 on CPU; checkpointing only costs time on a 135M model; no pinned memory.
-    return {
-        "bf16": False,
-        "fp16": False,
-        "use_cpu": True,
-        "gradient_checkpointing": False,
-        "dataloader_pin_memory": False,
+        return {"bf16": True, "use_cpu": False}
+    return {"bf16": False, "fp16": False, "use_cpu": True, "gradient_checkpointing": False,
+            "dataloader_pin_memory": False}
+
+
+def _signal_defaults(task: str) -> dict[str, Any]:
+    """What a run needs to learn (module docstring); a recipe may override each."""
+    out: dict[str, Any] = {
+        "loss_type": "dr_grpo",
+        "scale_rewards": "none",
+        "epsilon_high": 0.28,
+        "mask_truncated_completions": True,
+        "lr_scheduler_type": "constant",
+        "warmup_steps": 0,
+        "num_generations": 8,
+        "beta": 0.0,
     }
+    if task == "manager":
+        out["max_completion_length"] = MANAGER_MAX_NEW_TOKENS
+        out["generation_kwargs"] = {"stop_strings": list(MANAGER_STOP)}
+    else:
+        out["max_completion_length"] = ANSWER_MAX_NEW_TOKENS
+    return out
 
 
 def read_recipe(path: str | Path) -> dict[str, Any]:
     """The field values of a YAML recipe (a path, or a file name in ``training/recipes``).
 
-    Unknown keys are a :class:`ConfigError` rather than silently dropped: a
-    typo in a recipe would otherwise train with a default nobody asked for.
+    Unknown keys are a :class:`ConfigError`: a typo would otherwise train with
+    a default nobody asked for.
     """
     p = Path(path)
     if not p.is_file() and (RECIPES_DIR / p.name).is_file():
         p = RECIPES_DIR / p.name
     if not p.is_file():
-        raise ConfigError(f"no config file {path}")
+        known = ", ".join(sorted(f.name for f in RECIPES_DIR.glob("*.yaml")))
+        raise ConfigError(f"no config file {path} (recipes: {known})")
     loaded = yaml.safe_load(p.read_text()) or {}
     if not isinstance(loaded, dict):
         raise ConfigError(f"{p}: a recipe is a mapping of field: value")
@@ -182,12 +176,14 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> MemoryGRPOC
         values["target_device"] = values.pop("device")
     device = resolve_device(str(values.get("target_device", "auto")))
     values["target_device"] = device
-    for key, value in _device_defaults(device).items():
+    task = values.get("task", "manager")
+    for key, value in {**_device_defaults(device), **_signal_defaults(task)}.items():
         values.setdefault(key, value)
     values.setdefault("output_dir", "memory-agent-train")
     values.setdefault("report_to", "none")
-    values.setdefault("save_strategy", "no")  # the CLI saves the final checkpoint itself
+    values.setdefault("save_strategy", "no")  # the run saves the final adapter itself
     values.setdefault("logging_steps", 1)
+    values.setdefault("disable_tqdm", True)  # our callback prints one line per step with an ETA
     try:
         return MemoryGRPOConfig(**values)
     except (TypeError, ValueError) as exc:

@@ -1,48 +1,58 @@
-"""Training episodes for the two agents, built from conversations with QA.
+"""Training episodes for the two agents, built with the product's own code.
 
-An *episode* is one GRPO prompt plus the data its reward needs (dataset
-columns arrive in the reward as keyword lists):
+A conversation is replayed turn by turn into an
+:class:`~memory_store.InMemoryStore` by the product's
+:class:`~memory_agent.manager.MemoryManager` (retrieval, prompt, applying
+operations) and :class:`~memory_agent.answer.AnswerAgent` (retrieval, token
+budget, display order). Nothing here re-implements a pipeline step:
 
-* **Memory Manager** (one per turn that some question's evidence points at,
-  and that yields facts): the bank built from the earlier turns, the turn's
-  facts and their related memories, rendered exactly as the pipeline's
-  manager prompt. Columns: ``prompt`` (chat messages), ``shown`` (JSON list
-  of ``{"id", "text"}`` in prompt order: small id ``i`` = ``shown[i]``),
-  ``bank`` (JSON snapshot of the bank before the turn), ``questions`` /
-  ``answers`` (the linked QA), ``timestamp``, ``facts``, ``observations``
-  (LoCoMo's annotated facts of the turn, for the cold start), ids.
-* **Answer Agent** (one per question): ``prompt`` = the answer agent's chat
-  messages over the ``retrieve_k`` memories retrieved for the question from
-  the bank built over the conversation; ``answer`` (gold), ``question``, ids.
+* a **manager episode** is one turn with facts whose memory the manager is
+  shown (``MemoryManager.retrieve``): the turn, the shown memories, a
+  copy-on-write fork of the bank before the turn, the questions linked to the
+  turn and the gold decision when the data knows it (synthetic edits; for
+  LoCoMo observations: ADD what is not stored verbatim);
+* an **answer episode** is one question over the final bank: the Answer
+  Agent's exact prompt and the memories in it.
 
-How the earlier turns become a bank is a :class:`~training.replay.Replay`:
-the real pipeline (extraction + the manager in use, cached on disk per
-conversation and model), LoCoMo's annotated observations, or the raw turns.
+How the earlier turns become the bank is a :class:`Replay`: ``gold`` (the
+data's own facts and edits: LoCoMo observations, the synthetic world's
+ADD/UPDATE/DELETE/NOOP), ``turns`` (each turn verbatim) or ``pipeline`` (the
+product's extraction and a given manager model, as in deployment).
+
+Episodes are Python objects, not dataset columns: the GRPO dataset carries
+the prompt and an ``episode_id``, and the rewards look the episode up.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable, Sequence
+import random
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from data.schema import Conversation
+from data.schema import QA, Conversation
+from data.specs import load_spec
+from memory_agent.answer import AnswerAgent
 from memory_agent.errors import ConfigError
-from training import pipeline
-from training.bank import BankRecord, SnapshotBank, dump_records
-from training.replay import Replay, TurnView
+from memory_agent.manager import MemoryManager, TurnFacts
+from memory_agent.operations import AddOp, DeleteOp, NoopOp, UpdateOp, format_operations
+from memory_agent.prompts import Messages, format_turn
+from memory_store import InMemoryStore
 
 __all__ = [
     "FORBIDDEN_TRAIN_IDS",
     "load_conversations",
     "check_not_dev",
-    "linked_questions",
     "ManagerEpisode",
     "AnswerEpisode",
+    "Replay",
+    "GoldReplay",
+    "TurnsReplay",
+    "PipelineReplay",
+    "REPLAYS",
     "manager_episodes",
     "answer_episodes",
+    "split_episodes",
     "to_dataset",
 ]
 
@@ -50,196 +60,281 @@ __all__ = [
 FORBIDDEN_TRAIN_IDS = frozenset({"conv-41"})
 
 
-def load_conversations(spec: str | Path | None) -> list[Conversation]:
-    """``None``/``locomo:train`` -> LoCoMo train split; ``locomo:<split>``;
-    ``synthetic:<n>[:<seed>]``; a ``.json`` (LoCoMo layout) or ``.jsonl`` file."""
-    if spec is None or str(spec) == "locomo":
-        spec = "locomo:train"
-    text = str(spec)
-    if text.startswith("locomo:"):
-        from data.locomo import load_split
-
-        return load_split(text.split(":", 1)[1])
-    if text.startswith("synthetic:"):
-        from data.synthetic import generate_dataset
-
-        parts = text.split(":")[1:]
-        n = int(parts[0]) if parts and parts[0] else 4
-        seed = int(parts[1]) if len(parts) > 1 else 0
-        return generate_dataset(n, seed=seed, n_questions=8)
-    path = Path(text)
-    if not path.exists():
-        raise ConfigError(f"no dataset {text} (a .json/.jsonl file, locomo:<split> or synthetic:<n>[:<seed>])")
-    if path.suffix == ".jsonl":
-        from data.jsonl import load_jsonl
-
-        return load_jsonl(path)
-    from data.locomo import load_locomo
-
-    return load_locomo(path)
+def load_conversations(spec: Any) -> list[Conversation]:
+    """A dataset spec (:mod:`data.specs`); ``None`` is the LoCoMo train split (conv-26)."""
+    return load_spec("locomo:train" if spec is None else spec)
 
 
-def check_not_dev(conversations: Iterable[Conversation]) -> None:
-    """Refuse to train on the development test conversation (conv-41)."""
+def check_not_dev(conversations: Sequence[Conversation]) -> None:
+    """Refuse to train or validate on the development test conversation (conv-41)."""
     bad = sorted({c.sample_id for c in conversations} & FORBIDDEN_TRAIN_IDS)
     if bad:
         raise ConfigError(f"refusing to train on {', '.join(bad)}: it is the held-out development test set")
 
 
-def linked_questions(conv: Conversation, *, include_adversarial: bool = False) -> dict[str, list[tuple[str, str]]]:
-    """dia_id -> [(question, gold answer)] for the QA whose evidence includes that turn."""
-    out: dict[str, list[tuple[str, str]]] = {}
-    for qa in conv.questions(include_adversarial=include_adversarial):
-        for dia_id in qa.evidence:
-            out.setdefault(dia_id, []).append((qa.question, qa.answer))
-    return out
+Decision = list[AddOp | UpdateOp | DeleteOp | NoopOp]
 
 
 @dataclass
 class ManagerEpisode:
-    conversation_id: str
-    dia_id: str
-    timestamp: str | None
-    facts: list[str]
-    shown: list[BankRecord]
-    bank: list[BankRecord]
-    questions: list[str]
-    answers: list[str]
-    observations: list[str] = field(default_factory=list)
-    speaker: str | None = None
+    """One manager decision to learn, with everything its reward needs."""
 
-    def row(self, tokenizer: Any = None) -> dict[str, Any]:
-        return {
-            "prompt": pipeline.manager_messages(self.facts, self.shown),
-            "shown": json.dumps([{"id": r.id, "text": r.text} for r in self.shown], ensure_ascii=False),
-            "bank": dump_records(self.bank),
-            "questions": list(self.questions),
-            "answers": list(self.answers),
-            "timestamp": self.timestamp or "",
-            "speaker": self.speaker or "",
-            "facts": json.dumps(self.facts, ensure_ascii=False),
-            "observations": json.dumps(self.observations, ensure_ascii=False),
-            "conversation_id": self.conversation_id,
-            "dia_id": self.dia_id,
-        }
+    id: int
+    conversation_id: str
+    user_id: str
+    item: TurnFacts
+    store: InMemoryStore  # the bank before the turn (a fork: never written)
+    hits: list[Any]  # the shown memories, in prompt order (small id i = hits[i])
+    questions: list[QA]  # linked: their evidence is this turn (or the memory it edits)
+    guards: list[QA]  # the conversation's other questions (an edit must not destroy their answers)
+    gold: Decision | None = None  # the perfect decision in the prompt's small ids, when the data knows it
+
+    @property
+    def messages(self) -> Messages:
+        return MemoryManager.messages(self.item, self.hits)
+
+    @property
+    def kind(self) -> str:
+        """``change`` (gold UPDATEs/DELETEs), ``repeat`` (gold NOOP), ``new`` (ADDs) or ``unknown``."""
+        if self.gold is None:
+            return "unknown"
+        if any(isinstance(op, (UpdateOp, DeleteOp)) for op in self.gold):
+            return "change"
+        if all(isinstance(op, NoopOp) for op in self.gold):
+            return "repeat"
+        return "new"
+
+    def target(self) -> str | None:
+        """The gold decision as the completion the manager should write."""
+        return None if self.gold is None else format_operations(self.gold)
 
 
 @dataclass
 class AnswerEpisode:
+    """One question over a conversation's final bank, as the Answer Agent sees it."""
+
+    id: int
     conversation_id: str
-    question: str
-    answer: str
-    category: int
-    memories: list[BankRecord]
-
-    def row(self, tokenizer: Any = None) -> dict[str, Any]:
-        return {
-            "prompt": pipeline.answer_messages(self.question, self.memories, tokenizer=tokenizer),
-            "question": self.question,
-            "answer": self.answer,
-            "category": self.category,
-            "conversation_id": self.conversation_id,
-            "n_memories": len(self.memories),
-        }
+    qa: QA
+    messages: Messages
+    shown: list[Any]  # memories in the prompt, in display order (prompt number i = shown[i])
 
 
-def _observations(conv: Conversation, dia_id: str) -> list[str]:
-    return [fact for _speaker, fact in conv.observations.get(dia_id, ())]
+@dataclass
+class _Bank:
+    """The live bank of one replayed conversation."""
+
+    conv: Conversation
+    store: InMemoryStore
+    manager: MemoryManager
+    sources: dict[str, int] = field(default_factory=dict)  # dia_id -> id of the memory its fact became
+
+    @property
+    def user_id(self) -> str:
+        return self.conv.sample_id
 
 
-def manager_episodes(
-    conversations: Sequence[Conversation],
-    replay: Replay,
-    *,
-    max_turns: int | None = None,
-    max_episodes: int | None = None,
-    include_adversarial: bool = False,
-) -> list[ManagerEpisode]:
-    """One episode per QA-linked turn with facts, in conversation order."""
-    episodes: list[ManagerEpisode] = []
-    for conv in conversations:
-        linked = linked_questions(conv, include_adversarial=include_adversarial)
-        if not linked:
-            continue
-        last_linked = _last_index(conv, linked, max_turns)
-        if last_linked < 0:
-            continue
-        view: TurnView
-        # Replay only as far as the last linked turn: later turns cannot make episodes.
-        for view in replay.views(conv, max_turns=last_linked + 1, want=set(linked)):
-            qa = linked.get(view.dia_id)
-            # The pipeline asks the manager only about turns with facts and with something
-            # retrieved (into an empty bank it ADDs directly), so only those are episodes.
-            if not qa or not view.facts or not view.shown:
+class Replay(Protocol):
+    """How a conversation's turns become facts and the bank."""
+
+    name: str
+
+    def facts(self, conv: Conversation) -> dict[str, tuple[str, ...]]:
+        """dia_id -> the turn's facts, as the manager will see them."""
+        ...
+
+    def advance(self, bank: _Bank, item: TurnFacts, hits: list[Any]) -> Decision | None:
+        """Apply the turn to the bank; returns the gold decision in ``hits``' small ids, if known."""
+        ...
+
+
+def _apply(bank: _Bank, item: TurnFacts, ops: Decision, hits: list[Any]) -> None:
+    """Apply through the product's ``MemoryManager.apply_decision``; remember which memory each fact became."""
+    applied = bank.manager.apply_decision(item, ops, hits, bank.user_id)
+    for a in applied:
+        if a.op in ("ADD", "UPDATE") and item.dia_id:
+            bank.sources[item.dia_id] = a.id
+        elif a.op == "DELETE":
+            bank.sources = {k: v for k, v in bank.sources.items() if v != a.id}
+
+
+def _unknown_duplicates(facts: Sequence[str], hits: Sequence[Any]) -> Decision:
+    """ADD every fact not already stored verbatim (NOOP when none is new)."""
+    known = {h.text.casefold().strip() for h in hits}
+    ops: Decision = [AddOp(text=f) for f in dict.fromkeys(facts) if f.casefold().strip() not in known]
+    return ops or [NoopOp()]
+
+
+class GoldReplay:
+    """The data's own facts (LoCoMo observations) and edits (the synthetic world's)."""
+
+    name = "gold"
+
+    def facts(self, conv: Conversation) -> dict[str, tuple[str, ...]]:
+        return {dia: tuple(f for _s, f in pairs) for dia, pairs in conv.observations.items() if pairs}
+
+    def advance(self, bank: _Bank, item: TurnFacts, hits: list[Any]) -> Decision:
+        edits = bank.conv.edits.get(item.dia_id or "")
+        if not edits:
+            gold = _unknown_duplicates(item.facts, hits)
+            _apply(bank, item, gold, hits)
+            return gold
+        gold: Decision = []
+        apply_ops: Decision = []
+        extended = list(hits)  # the bank is kept right even when the edited memory was not shown
+        for edit in edits:
+            if edit.op == "ADD":
+                gold.append(AddOp(text=edit.text))
+                apply_ops.append(AddOp(text=edit.text))
                 continue
-            episodes.append(
-                ManagerEpisode(
-                    conversation_id=conv.sample_id,
-                    dia_id=view.dia_id,
-                    timestamp=view.timestamp,
-                    facts=list(view.facts),
-                    shown=list(view.shown),
-                    bank=list(view.bank),
-                    questions=[q for q, _ in qa],
-                    answers=[a for _, a in qa],
-                    observations=_observations(conv, view.dia_id),
-                    speaker=view.speaker,
-                )
-            )
-            if max_episodes is not None and len(episodes) >= max_episodes:
-                return episodes
-    return episodes
+            mid = bank.sources.get(edit.target or "")
+            if edit.op == "NOOP" or (mid is None and edit.op == "DELETE"):
+                continue
+            if mid is None:  # the memory it would change is gone: file the fact as new
+                gold.append(AddOp(text=edit.text))
+                apply_ops.append(AddOp(text=edit.text))
+                continue
+            shown = next((i for i, h in enumerate(hits) if h.id == mid), None)
+            if shown is None:
+                extended.append(bank.store.get(mid, bank.user_id))
+            small = shown if shown is not None else len(extended) - 1
+            if edit.op == "UPDATE":
+                # Not shown, the manager cannot UPDATE it: for the prompt, the right move is to ADD.
+                gold.append(UpdateOp(id=small, text=edit.text) if shown is not None else AddOp(text=edit.text))
+                apply_ops.append(UpdateOp(id=small, text=edit.text))
+            else:
+                if shown is not None:
+                    gold.append(DeleteOp(id=small))
+                apply_ops.append(DeleteOp(id=small))
+        _apply(bank, item, apply_ops or [NoopOp()], extended)
+        return gold or [NoopOp()]
 
 
-def _last_index(conv: Conversation, linked: dict[str, Any], max_turns: int | None) -> int:
-    last = -1
-    for i, (_session, turn) in enumerate(conv.turns()):
+class TurnsReplay:
+    """Each turn verbatim (``Speaker: text``) is its fact; ADDed unless already stored."""
+
+    name = "turns"
+
+    def facts(self, conv: Conversation) -> dict[str, tuple[str, ...]]:
+        return {t.dia_id: (format_turn(t.speaker, t.text, t.blip_caption),) for _s, t in conv.turns() if t.text.strip()}
+
+    def advance(self, bank: _Bank, item: TurnFacts, hits: list[Any]) -> Decision:
+        gold = _unknown_duplicates(item.facts, hits)
+        _apply(bank, item, gold, hits)
+        return gold
+
+
+class PipelineReplay:
+    """The product's extraction and a given Memory Manager, as in deployment (gold unknown)."""
+
+    name = "pipeline"
+
+    def __init__(self, extract_llm: Any, manager_llm: Any):
+        self.extract_llm = extract_llm
+        self.manager_llm = manager_llm
+        self._facts: dict[str, dict[str, tuple[str, ...]]] = {}
+
+    def facts(self, conv: Conversation) -> dict[str, tuple[str, ...]]:
+        from memory_agent.extraction import Turn, extract_facts
+
+        if conv.sample_id not in self._facts:
+            turns = [Turn(t.speaker, t.text, t.dia_id, t.blip_caption, s.timestamp)
+                     for s, t in conv.turns() if t.text.strip()]
+            outcome = extract_facts(self.extract_llm, turns)  # one batched call for the conversation
+            self._facts[conv.sample_id] = {t.dia_id: tuple(f.text for f in fs)
+                                           for t, fs in zip(turns, outcome.facts) if fs}
+        return self._facts[conv.sample_id]
+
+    def advance(self, bank: _Bank, item: TurnFacts, hits: list[Any]) -> None:
+        MemoryManager(self.manager_llm, bank.store).manage([item], bank.user_id)
+        return None
+
+
+#: CLI name -> replay class (``pipeline`` needs models: built by the training run).
+REPLAYS: dict[str, type] = {"gold": GoldReplay, "turns": TurnsReplay, "pipeline": PipelineReplay}
+
+
+def _walk(conv: Conversation, replay: Replay, embedder: Any, max_turns: int | None,
+          on_turn: Callable[[_Bank, TurnFacts, list[Any], InMemoryStore, Decision | None], None] | None = None) -> _Bank:
+    """Replay ``conv`` into a fresh bank; ``on_turn`` sees each manager decision point."""
+    store = InMemoryStore(embedder)
+    bank = _Bank(conv, store, MemoryManager(None, store))
+    facts = replay.facts(conv)
+    for i, (session, turn) in enumerate(conv.turns()):
         if max_turns is not None and i >= max_turns:
             break
-        if turn.dia_id in linked:
-            last = i
-    return last
-
-
-def answer_episodes(
-    conversations: Sequence[Conversation],
-    replay: Replay,
-    embedder: Any,
-    *,
-    retrieve_k: int = 60,
-    max_turns: int | None = None,
-    max_episodes: int | None = None,
-    include_adversarial: bool = False,
-) -> list[AnswerEpisode]:
-    """One episode per question whose evidence lies in the replayed turns."""
-    episodes: list[AnswerEpisode] = []
-    for conv in conversations:
-        replayed = [t.dia_id for i, (_s, t) in enumerate(conv.turns()) if max_turns is None or i < max_turns]
-        seen = set(replayed)
-        questions = [
-            qa
-            for qa in conv.questions(include_adversarial=include_adversarial)
-            if all(e in seen for e in qa.evidence) or (max_turns is None)
-        ]
-        if not questions:
+        fs = facts.get(turn.dia_id)
+        if not fs:
             continue
-        bank = SnapshotBank.build(replay.final_bank(conv, max_turns=max_turns), embedder)
-        for qa in questions:
-            memories = pipeline.answer_retrieve(bank, qa.question, retrieve_k)
-            episodes.append(AnswerEpisode(conv.sample_id, qa.question, qa.answer, qa.category, memories))
-            if max_episodes is not None and len(episodes) >= max_episodes:
-                return episodes
+        item = TurnFacts(turn.dia_id, turn.speaker, session.timestamp, fs)
+        hits = bank.manager.retrieve([item], bank.user_id)[0]
+        before = store.fork() if on_turn is not None and hits else None
+        gold = replay.advance(bank, item, hits)
+        if before is not None:
+            on_turn(bank, item, hits, before, gold)
+    return bank
+
+
+def _linked(conv: Conversation, dia_id: str, gold_targets: set[str]) -> tuple[list[QA], list[QA]]:
+    wanted = {dia_id} | gold_targets
+    questions = conv.questions()
+    linked = [q for q in questions if wanted & set(q.evidence)]
+    return linked, [q for q in questions if q not in linked]
+
+
+def manager_episodes(conversations: Sequence[Conversation], replay: Replay, embedder: Any, *,
+                     max_turns: int | None = None, progress: Callable[[int], None] | None = None) -> list[ManagerEpisode]:
+    """One episode per turn the manager is asked about that is linked to a question or has gold edits."""
+    episodes: list[ManagerEpisode] = []
+    for conv in conversations:
+        def keep(bank: _Bank, item: TurnFacts, hits: list[Any], before: InMemoryStore, gold: Decision | None,
+                 conv: Conversation = conv) -> None:
+            targets = {e.target for e in conv.edits.get(item.dia_id or "", ()) if e.target}
+            linked, guards = _linked(conv, item.dia_id or "", targets)
+            if not linked and item.dia_id not in conv.edits:
+                return  # nothing would tell a good decision from a bad one
+            episodes.append(ManagerEpisode(len(episodes), conv.sample_id, conv.sample_id, item, before, list(hits),
+                                           linked, guards, gold))
+
+        _walk(conv, replay, embedder, max_turns, keep)
+        if progress:
+            progress(1)
     return episodes
 
 
-def to_dataset(episodes: Sequence[ManagerEpisode | AnswerEpisode], tokenizer: Any = None):
-    """A ``datasets.Dataset`` with one row per episode (TRL's conversational ``prompt`` column).
+def answer_episodes(conversations: Sequence[Conversation], replay: Replay, embedder: Any, *,
+                    count_tokens: Callable[[str], int] | None, max_turns: int | None = None,
+                    progress: Callable[[int], None] | None = None) -> list[AnswerEpisode]:
+    """One episode per scored question whose evidence lies in the replayed turns, over the final bank."""
+    episodes: list[AnswerEpisode] = []
+    for conv in conversations:
+        bank = _walk(conv, replay, embedder, max_turns)
+        seen = {t.dia_id for i, (_s, t) in enumerate(conv.turns()) if max_turns is None or i < max_turns}
+        agent = AnswerAgent(None, bank.store, count_tokens=count_tokens)
+        speakers = agent.speakers(bank.user_id)
+        for qa in conv.questions():
+            if max_turns is not None and not set(qa.evidence) <= seen:
+                continue
+            messages, shown = agent.prompt(qa.question, bank.user_id, speakers)
+            episodes.append(AnswerEpisode(len(episodes), conv.sample_id, qa, messages, shown))
+        if progress:
+            progress(1)
+    return episodes
 
-    ``tokenizer`` (the policy's) counts the Answer Agent's prompt budget exactly.
-    """
+
+def split_episodes(episodes: Sequence[Any], n_first: int, seed: int = 0) -> tuple[list[Any], list[Any]]:
+    """A seeded split into two disjoint lists (``n_first`` and the rest), e.g. cold start vs GRPO prompts."""
+    order = list(range(len(episodes)))
+    random.Random(seed).shuffle(order)
+    first = sorted(order[:n_first])
+    rest = sorted(order[n_first:])
+    return [episodes[i] for i in first], [episodes[i] for i in rest]
+
+
+def to_dataset(episodes: Sequence[ManagerEpisode | AnswerEpisode]):
+    """A ``datasets.Dataset``: TRL's conversational ``prompt`` plus the ``episode_id`` the rewards look up."""
     from datasets import Dataset
 
-    rows = [e.row(tokenizer) for e in episodes]
-    if not rows:
+    if not episodes:
         raise ConfigError("no training episodes: the data has no QA linked to the replayed turns")
-    return Dataset.from_list(rows)
+    return Dataset.from_list([{"prompt": e.messages, "episode_id": e.id} for e in episodes])

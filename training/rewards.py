@@ -1,77 +1,116 @@
-"""GRPO rewards for the Memory Manager and the Answer Agent (Memory-R1, §3).
+"""GRPO rewards of the Memory Manager and the Answer Agent (TRL's reward contract).
 
-Both follow TRL's reward contract, ``reward(completions, **kwargs) -> list[float]``:
-``completions`` are strings (standard prompts) or one-message chat lists
-(conversational prompts, TRL 1.x), and every other dataset column arrives as
-a keyword list aligned with ``completions``.
+Both are ``reward(completions, episode_id, **kwargs) -> list[float]``: the
+dataset carries the prompt and an ``episode_id``; the episode
+(:mod:`training.episodes`) holds what the prompt was built from.
 
-* :class:`AnswerReward`: exact match (default) or token-F1 of the text after
-  ``**Answer:**`` against the gold ``answer`` column. No marker -> 0.0, counted.
-* :class:`ManagerReward`: parse the sampled operations, apply them to a copy
-  of the bank the prompt was built from, let the *frozen* Answer Agent answer
-  the linked questions from that copy, reward = mean EM (or F1) over them.
-  Unparseable output (including hallucinated ids) -> 0.0, counted; it is never
-  treated as NOOP, which would reward a model for emitting garbage whenever
-  NOOP happens to be right.
+**Manager** (:class:`ManagerScorer`, dense, no LLM call). A completion is read
+by the product (:meth:`MemoryManager.decide`: stop string, parser, grounding)
+and applied by the product (:meth:`MemoryManager.apply_decision`) to a fork
+of the episode's bank. Then, with the Answer Agent's own retrieval and token
+budget (:meth:`AnswerAgent.prompt`, the product's k and embedder):
 
-Exact match is the default because Memory-R1 found it beats an LLM-judge
-reward, which taught the answer agent to be wordy.
+* **invalid** output (unparseable, ungrounded, refused by the store): ``-1``, counted;
+* otherwise the mean **recall** of the linked questions' gold-answer content
+  in the memories the Answer Agent would be shown after the operations,
+* minus :data:`STALE_PENALTY` times the share of linked "what is X now"
+  questions that are still shown a superseded value,
+* minus :data:`GUARD_PENALTY` times the recall that other questions lose
+  because an UPDATE/DELETE changed a memory holding their answer,
+* minus :data:`DUPLICATE_PENALTY` per ADD of a fact already shown,
+* floored at :data:`VALID_FLOOR`, so a valid decision always beats an invalid one.
 
-Each reward owns an :class:`OutputCounter` (valid/invalid completions) that
-the metrics callback reads for the valid-output rate; the rate is also sent
-through TRL's ``log_metric`` hook when the trainer provides it, so it lands
-in the trainer's own logs as ``valid_rate/<reward name>``.
+Why dense: the outcome reward (did the 135M Answer Agent get the question
+right?) is 0 for almost every sample, so GRPO groups had no spread and no
+gradient. Recall separates ADD from NOOP, UPDATE from a stale ADD, a careful
+edit from a destructive one. ``memory-agent train proxy`` measures how well it
+ranks decisions the way the Answer Agent's F1 does.
+
+**Answer** (:class:`AnswerReward`): the product's parser, then
+:func:`eval.scoring.answer_reward` (F1 or EM partial credit, a penalty without
+the ``**Answer:**`` marker, a bonus for quoting the memory that holds the gold).
+
+Failures are never "nothing happened": an invalid completion is scored and
+counted in :class:`RewardStats`, which the metrics callback logs per step
+(valid rate, operation mix, reward components).
 """
 
 from __future__ import annotations
 
-import json
+import random
+import statistics
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-from memory_agent.errors import InvalidModelOutput
-from memory_agent.llms.base import LLM
-from training.bank import BankCache, SnapshotBank
-from training import pipeline
+from eval.scoring import METRICS, answer_recall, answer_reward, memory_view, score_answer_reply, states_superseded
+from memory_agent.answer import AnswerAgent
+from memory_agent.errors import InvalidInput, InvalidModelOutput, MemoryNotFound
+from memory_agent.manager import MemoryManager
+from memory_agent.operations import AddOp, DeleteOp, UpdateOp
+from memory_agent.text import content_stems
+from training.episodes import AnswerEpisode, ManagerEpisode
 
 __all__ = [
-    "METRICS",
-    "OutputCounter",
+    "INVALID_REWARD",
+    "STALE_PENALTY",
+    "GUARD_PENALTY",
+    "DUPLICATE_PENALTY",
+    "VALID_FLOOR",
     "completion_text",
-    "score_answer",
-    "AnswerReward",
+    "RewardStats",
+    "ManagerScore",
+    "ManagerScorer",
     "ManagerReward",
-    "answer_em_reward",
-    "answer_f1_reward",
+    "AnswerReward",
+    "shuffled_within_groups",
 ]
 
-METRICS = ("em", "f1")
+INVALID_REWARD = -1.0
+STALE_PENALTY = 0.5
+GUARD_PENALTY = 0.5
+DUPLICATE_PENALTY = 0.1
+VALID_FLOOR = -0.9
 
 
-class OutputCounter:
-    """Counts valid and invalid completions; thread-safe, cheap.
+def completion_text(completion: Any) -> str:
+    """A completion as plain text, whichever form TRL passes (string or chat messages)."""
+    if completion is None:
+        return ""
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, dict):
+        content = completion.get("content", "")
+        return content if isinstance(content, str) else str(content)
+    if isinstance(completion, Sequence):
+        parts = [completion_text(m) for m in completion
+                 if not isinstance(m, dict) or m.get("role", "assistant") == "assistant"]
+        return "\n".join(p for p in parts if p)
+    return str(completion)
 
-    ``window()`` returns the rate since the previous ``window()`` call, which
-    is what a per-step log wants; ``rate`` is the rate over the whole run.
+
+class RewardStats:
+    """Per-completion values a reward records; ``window()`` gives the means since the last call.
+
+    Thread-safe. ``valid_rate`` is always present; the other keys are
+    whatever the reward records (operation mix, reward components).
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._window: list[dict[str, float]] = []
         self.valid = 0
         self.invalid = 0
-        self._w_valid = 0
-        self._w_invalid = 0
-        self.last_invalid: str | None = None  # one example, for debugging logs
+        self.last_invalid: str | None = None
 
-    def record(self, ok: bool, raw: str | None = None) -> None:
+    def record(self, valid: bool, raw: str | None = None, **values: float | None) -> None:
         with self._lock:
-            if ok:
+            self._window.append({"valid_rate": float(valid), **{k: float(v) for k, v in values.items() if v is not None}})
+            if valid:
                 self.valid += 1
-                self._w_valid += 1
             else:
                 self.invalid += 1
-                self._w_invalid += 1
                 self.last_invalid = raw
 
     @property
@@ -82,228 +121,188 @@ class OutputCounter:
     def rate(self) -> float | None:
         return self.valid / self.total if self.total else None
 
-    def window(self) -> float | None:
+    def window(self) -> dict[str, float]:
         with self._lock:
-            n = self._w_valid + self._w_invalid
-            rate = self._w_valid / n if n else None
-            self._w_valid = self._w_invalid = 0
-        return rate
-
-    def reset(self) -> None:
-        with self._lock:
-            self.valid = self.invalid = self._w_valid = self._w_invalid = 0
-            self.last_invalid = None
+            rows, self._window = self._window, []
+        keys = sorted({k for r in rows for k in r})
+        return {k: statistics.fmean(r[k] for r in rows if k in r) for k in keys}
 
     def as_dict(self) -> dict[str, Any]:
         return {"valid": self.valid, "invalid": self.invalid, "rate": self.rate}
 
 
-def completion_text(completion: Any) -> str:
-    """A completion as plain text, whichever form TRL passes.
+# ------------------------------------------------------------------ Memory Manager
+@dataclass(frozen=True)
+class ManagerScore:
+    """One manager completion, decided and applied by the product, then scored."""
 
-    ``"text"`` -> itself; ``[{"role": "assistant", "content": "text"}]`` -> the
-    assistant contents joined (TRL 1.x conversational form); a single message
-    dict -> its content.
-    """
-    if completion is None:
-        return ""
-    if isinstance(completion, str):
-        return completion
-    if isinstance(completion, dict):
-        content = completion.get("content", "")
-        return content if isinstance(content, str) else str(content)
-    if isinstance(completion, Sequence):
-        parts = [
-            completion_text(m)
-            for m in completion
-            if not isinstance(m, dict) or m.get("role", "assistant") == "assistant"
-        ]
-        return "\n".join(p for p in parts if p)
-    return str(completion)
+    reward: float
+    valid: bool
+    ops: tuple[str, ...] = ()  # kinds of the decided operations (NOOP alone for a no-op)
+    edits: tuple[tuple[str, int], ...] = ()  # (UPDATE|DELETE, small id) of the decision
+    recall: float | None = None
+    stale: float | None = None
+    guard: float = 0.0
+    duplicates: int = 0
+    error: str | None = None
 
 
-def _golds(gold: Any) -> list[str]:
-    """A gold answer column value -> the list of acceptable answers."""
-    if gold is None:
-        return []
-    if isinstance(gold, (list, tuple)):
-        return [str(g) for g in gold if g is not None]
-    return [str(gold)]
+@dataclass
+class ManagerScorer:
+    """The dense manager reward of one completion (see the module docstring)."""
+
+    count_tokens: Callable[[str], int] | None = None  # the Answer Agent's token counter (its budget)
+    stale_penalty: float = STALE_PENALTY
+    guard_penalty: float = GUARD_PENALTY
+    duplicate_penalty: float = DUPLICATE_PENALTY
+    _before: dict[tuple[int, str], float | None] = field(default_factory=dict, repr=False)
+
+    def shown(self, store: Any, user_id: str, question: str) -> list[Any]:
+        """The memories the Answer Agent's prompt for ``question`` shows, on ``store``."""
+        return AnswerAgent(None, store, count_tokens=self.count_tokens).prompt(question, user_id)[1]
+
+    @staticmethod
+    def apply(episode: ManagerEpisode, raw: str) -> tuple[list[Any], Any, list[Any]]:
+        """The product's reading of ``raw`` applied to a fork of the episode's bank:
+        ``(ops, bank after, applied)``; raises ``InvalidModelOutput`` for an invalid decision."""
+        ops = MemoryManager.decide(episode.item, episode.hits, raw)
+        after = episode.store.fork()
+        try:
+            applied = MemoryManager(None, after).apply_decision(episode.item, ops, episode.hits, episode.user_id)
+        except (MemoryNotFound, InvalidInput) as exc:
+            raise InvalidModelOutput(f"the store refused the decision: {exc}", raw) from exc
+        return ops, after, applied
+
+    def score(self, episode: ManagerEpisode, raw: str) -> ManagerScore:
+        try:
+            ops, after, applied = self.apply(episode, raw)
+        except InvalidModelOutput as exc:
+            return ManagerScore(INVALID_REWARD, False, error=exc.args[0])
+        kinds = tuple(dict.fromkeys(op.op for op in ops))
+        edits = tuple((op.op, op.id) for op in ops if isinstance(op, (UpdateOp, DeleteOp)))
+        recalls, stale = [], []
+        for qa in episode.questions:
+            shown = self.shown(after, episode.user_id, qa.question)
+            r = answer_recall(qa.answer, shown)
+            if r is not None:
+                recalls.append(r)
+            if qa.superseded_values:
+                stale.append(float(states_superseded(qa.superseded_values, qa.current_values, shown)))
+        guard = self._guard_loss(episode, after, [a for a in applied if a.op in ("UPDATE", "DELETE")])
+        dups = sum(_duplicate(op.text, episode.hits) for op in ops if isinstance(op, AddOp))
+        recall = statistics.fmean(recalls) if recalls else None
+        stale_share = statistics.fmean(stale) if stale else None
+        reward = ((recall or 0.0) - self.stale_penalty * (stale_share or 0.0) - self.guard_penalty * guard
+                  - self.duplicate_penalty * dups)
+        return ManagerScore(max(VALID_FLOOR, min(1.0, reward)), True, kinds, edits, recall, stale_share, guard, dups)
+
+    def _guard_loss(self, episode: ManagerEpisode, after: Any, changed: Sequence[Any]) -> float:
+        """Mean recall lost by the other questions whose answer was in a changed memory."""
+        if not changed:
+            return 0.0
+        old_views = [memory_view(episode.store.get(a.id, episode.user_id)) for a in changed]
+        losses = []
+        for qa in episode.guards:
+            touched = answer_recall(qa.answer, old_views)
+            if not touched:
+                continue
+            key = (episode.id, qa.question)
+            if key not in self._before:  # the same for every completion of the episode
+                self._before[key] = answer_recall(qa.answer, self.shown(episode.store, episode.user_id, qa.question))
+            before = self._before[key] or 0.0
+            now = answer_recall(qa.answer, self.shown(after, episode.user_id, qa.question)) or 0.0
+            losses.append(max(0.0, before - now))
+        return statistics.fmean(losses) if losses else 0.0
 
 
-def score_answer(pred: str, gold: Any, metric: str = "em") -> float:
-    """Best score of ``pred`` over the acceptable gold answers (``em`` or ``f1``)."""
-    from eval.metrics import exact_match, token_f1
-
-    if metric not in METRICS:
-        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
-    fn = exact_match if metric == "em" else token_f1
-    golds = _golds(gold)
-    if not golds:
-        return 0.0
-    return max(float(fn(pred, g)) for g in golds)
+def _duplicate(text: str, hits: Sequence[Any]) -> bool:
+    """An ADD that says nothing a shown memory does not already say."""
+    new = content_stems(text)
+    key = text.casefold().strip()
+    return any(h.text.casefold().strip() == key or (new and new <= content_stems(h.text)) for h in hits)
 
 
-def _log_rate(kwargs: dict, name: str, ok: list[bool]) -> None:
+def _log(kwargs: dict, name: str, values: dict[str, float]) -> None:
     log_metric = kwargs.get("log_metric")
-    if callable(log_metric) and ok:
-        log_metric(f"valid_rate/{name}", sum(ok) / len(ok))
-
-
-class AnswerReward:
-    """Reward of the Answer Agent: EM/F1 of the text after ``**Answer:**``.
-
-    Expects the dataset column ``answer`` (the gold answer; a list means any
-    of them is accepted).
-    """
-
-    def __init__(self, metric: str = "em", counter: OutputCounter | None = None, name: str | None = None):
-        if metric not in METRICS:
-            raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
-        self.metric = metric
-        self.counter = counter if counter is not None else OutputCounter()
-        self.__name__ = name or f"answer_{metric}"
-
-    def __call__(self, completions: list[Any], answer: list[Any] | None = None, **kwargs: Any) -> list[float]:
-        if answer is None:
-            raise ValueError(f"{self.__name__} needs the dataset column 'answer' (the gold answers)")
-        rewards: list[float] = []
-        ok: list[bool] = []
-        for completion, gold in zip(completions, answer, strict=True):
-            text = completion_text(completion)
-            pred = pipeline.parse_answer(text)
-            self.counter.record(pred is not None, text)
-            ok.append(pred is not None)
-            rewards.append(0.0 if pred is None else score_answer(pred, gold, self.metric))
-        _log_rate(kwargs, self.__name__, ok)
-        return rewards
-
-
-def answer_em_reward(completions: list[Any], answer: list[Any], **kwargs: Any) -> list[float]:
-    """Module-level EM reward (its own counter is :data:`answer_em_reward.counter`)."""
-    return _ANSWER_EM(completions, answer=answer, **kwargs)
-
-
-def answer_f1_reward(completions: list[Any], answer: list[Any], **kwargs: Any) -> list[float]:
-    """Module-level token-F1 reward (partial credit)."""
-    return _ANSWER_F1(completions, answer=answer, **kwargs)
-
-
-_ANSWER_EM = AnswerReward("em")
-_ANSWER_F1 = AnswerReward("f1")
-answer_em_reward.counter = _ANSWER_EM.counter  # type: ignore[attr-defined]
-answer_f1_reward.counter = _ANSWER_F1.counter  # type: ignore[attr-defined]
-
-
-def _as_list(value: Any) -> list:
-    """A column value that may have been JSON-encoded (``questions``/``answers``/``shown``)."""
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return list(json.loads(value))
-    return list(value)
+    if callable(log_metric):
+        for key, value in values.items():
+            log_metric(f"{name}/{key}", value)
 
 
 class ManagerReward:
-    """Reward of the Memory Manager: how well the frozen Answer Agent answers after the ops.
+    """TRL reward of the Memory Manager over :class:`ManagerEpisode` s (by ``episode_id``)."""
 
-    Dataset columns used (see :mod:`training.episodes`): ``shown`` (JSON list
-    of the memories shown to the manager, ``{"id", "text"}`` in prompt order:
-    small id ``i`` is ``shown[i]``), ``bank`` (JSON snapshot of the whole bank
-    before the turn), ``questions`` and ``answers`` (the QA pairs whose
-    evidence includes the turn) and optionally ``timestamp`` and ``speaker``
-    (given to the memories the completion ADDs, as the pipeline does).
+    def __init__(self, episodes: Sequence[ManagerEpisode], scorer: ManagerScorer | None = None, *,
+                 stats: RewardStats | None = None, name: str = "manager_dense"):
+        self.episodes = {e.id: e for e in episodes}
+        self.scorer = scorer if scorer is not None else ManagerScorer()
+        self.stats = stats if stats is not None else RewardStats()
+        self.__name__ = name
+        self.last_scores: list[ManagerScore] = []
 
-    All questions of all valid completions in a batch go to the answer LLM in
-    one ``generate`` call, so a batched backend pays one forward pass per step.
-    """
+    def __call__(self, completions: list[Any], episode_id: list[int] | None = None, **kwargs: Any) -> list[float]:
+        if episode_id is None:
+            raise ValueError(f"{self.__name__} needs the dataset column 'episode_id'")
+        scores = []
+        for completion, eid in zip(completions, episode_id, strict=True):
+            text = completion_text(completion)
+            s = self.scorer.score(self.episodes[int(eid)], text)
+            scores.append(s)
+            self.stats.record(s.valid, text, **{f"ops_{k.lower()}": float(k in s.ops) for k in ("ADD", "UPDATE", "DELETE", "NOOP")},
+                              recall=s.recall, stale=s.stale, guard=s.guard if s.valid else None,
+                              duplicates=s.duplicates if s.valid else None)
+        self.last_scores = scores
+        _log(kwargs, self.__name__, {"valid_rate": sum(s.valid for s in scores) / max(1, len(scores))})
+        return [s.reward for s in scores]
 
-    def __init__(
-        self,
-        answer_llm: LLM,
-        *,
-        embedder: Any = None,
-        metric: str = "em",
-        top_k: int = pipeline.ANSWER_K,
-        max_new_tokens: int = pipeline.ANSWER_MAX_NEW_TOKENS,
-        counter: OutputCounter | None = None,
-        name: str | None = None,
-    ):
+
+# ------------------------------------------------------------------ Answer Agent
+class AnswerReward:
+    """TRL reward of the Answer Agent over :class:`AnswerEpisode` s (by ``episode_id``)."""
+
+    def __init__(self, episodes: Sequence[AnswerEpisode], metric: str = "f1", *,
+                 stats: RewardStats | None = None, name: str | None = None):
         if metric not in METRICS:
             raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
-        if embedder is None:
-            from memory_store import HashingEmbedder
-
-            embedder = HashingEmbedder(dim=384)
-        self.answer_llm = answer_llm
+        self.episodes = {e.id: e for e in episodes}
         self.metric = metric
-        self.top_k = top_k
-        self.max_new_tokens = max_new_tokens
-        self.counter = counter if counter is not None else OutputCounter()
-        self.answer_counter = OutputCounter()  # frozen agent's missing markers (diagnostic only)
-        self.banks = BankCache(embedder)
-        self.__name__ = name or f"manager_{metric}"
-        # (completion index, prediction, gold) of the last call, so a caller can score
-        # the same answers with another metric without asking the answer model again.
-        self.last_answers: list[tuple[int, str, Any]] = []
+        self.stats = stats if stats is not None else RewardStats()
+        self.__name__ = name or f"answer_{metric}"
 
-    def apply(
-        self, text: str, shown: list[dict], base: SnapshotBank, timestamp: str | None, speaker: str | None = None,
-        facts: list[str] | None = None,
-    ) -> SnapshotBank:
-        """Parse ``text`` (and, given ``facts``, check it is grounded as the pipeline does) and
-        apply it to a copy of ``base``; raises InvalidModelOutput."""
-        ops = pipeline.parse_manager_ops(text, len(shown), facts, shown)
-        bank = base.copy()
-        pipeline.apply_manager_ops(bank, ops, [int(m["id"]) for m in shown], timestamp or None, speaker or None)
-        return bank
-
-    def __call__(
-        self,
-        completions: list[Any],
-        shown: list[Any] | None = None,
-        bank: list[Any] | None = None,
-        questions: list[Any] | None = None,
-        answers: list[Any] | None = None,
-        **kwargs: Any,
-    ) -> list[float]:
-        for col, value in (("shown", shown), ("bank", bank), ("questions", questions), ("answers", answers)):
-            if value is None:
-                raise ValueError(f"{self.__name__} needs the dataset column {col!r}")
-        timestamps = kwargs.get("timestamp") or [None] * len(completions)
-        speakers = kwargs.get("speaker") or [None] * len(completions)
-        facts = kwargs.get("facts") or [None] * len(completions)
-        rewards = [0.0] * len(completions)
-        ok: list[bool] = []
-        batch: list[list[dict[str, str]]] = []
-        owners: list[tuple[int, Any]] = []  # (completion index, gold) per batch row
-        n_questions = [0] * len(completions)
-        for i, completion in enumerate(completions):
+    def __call__(self, completions: list[Any], episode_id: list[int] | None = None, **kwargs: Any) -> list[float]:
+        if episode_id is None:
+            raise ValueError(f"{self.__name__} needs the dataset column 'episode_id'")
+        rewards, valid = [], 0
+        for completion, eid in zip(completions, episode_id, strict=True):
+            ep = self.episodes[int(eid)]
             text = completion_text(completion)
-            shown_i = _as_list(shown[i])
-            try:
-                facts_i = _as_list(facts[i]) if facts[i] is not None else None
-                after = self.apply(text, shown_i, self.banks.get(bank[i]), timestamps[i], speakers[i], facts_i)
-            except InvalidModelOutput:
-                self.counter.record(False, text)
-                ok.append(False)
-                continue
-            self.counter.record(True, text)
-            ok.append(True)
-            for question, gold in zip(_as_list(questions[i]), _as_list(answers[i]), strict=True):
-                memories = pipeline.answer_retrieve(after, question, self.top_k)
-                batch.append(pipeline.answer_messages(question, memories, llm=self.answer_llm))
-                owners.append((i, gold))
-                n_questions[i] += 1
-        self.last_answers = []
-        if batch:
-            replies = self.answer_llm.generate(batch, max_new_tokens=self.max_new_tokens, temperature=0.0)
-            for (i, gold), reply in zip(owners, replies, strict=True):
-                # Score what the pipeline would use as the answer (its fallback included):
-                # the manager is judged here, not the frozen agent's formatting.
-                pred, valid = pipeline.answer_text(reply)
-                self.answer_counter.record(valid, reply)
-                self.last_answers.append((i, pred, gold))
-                rewards[i] += score_answer(pred, gold, self.metric) / n_questions[i]
-        _log_rate(kwargs, self.__name__, ok)
+            s = score_answer_reply(text, ep.shown, ep.qa.answer, ep.qa.question)
+            self.stats.record(s.valid, text, f1=s.f1, em=s.em, quoted_recall=s.quoted_recall)
+            valid += s.valid
+            rewards.append(answer_reward(s, self.metric))
+        _log(kwargs, self.__name__, {"valid_rate": valid / max(1, len(rewards))})
         return rewards
+
+
+def shuffled_within_groups(reward: Callable[..., list[float]], group_size: int, seed: int = 0) -> Callable[..., list[float]]:
+    """A control: ``reward`` with its values permuted inside each group of ``group_size``.
+
+    TRL lays a generation batch out as consecutive groups of one prompt's
+    completions, so this keeps each group's reward distribution and destroys
+    which completion earned what. A policy trained on it must not improve.
+    """
+    rng = random.Random(seed)
+
+    def shuffled(completions: list[Any], **kwargs: Any) -> list[float]:
+        values = list(reward(completions, **kwargs))
+        if len(values) % group_size:
+            raise ValueError(f"{len(values)} rewards do not split into groups of {group_size}")
+        out: list[float] = []
+        for start in range(0, len(values), group_size):
+            group = values[start : start + group_size]
+            rng.shuffle(group)
+            out.extend(group)
+        return out
+
+    shuffled.__name__ = f"{getattr(reward, '__name__', 'reward')}_shuffled"
+    return shuffled

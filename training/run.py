@@ -1,43 +1,51 @@
-"""The two training stages end to end (what ``memory-agent train`` runs).
+"""One training stage end to end (what ``memory-agent train manager|answer`` runs).
 
-Stage 1, ``train("manager", ...)``: Memory Manager episodes, the frozen
-Answer Agent inside the reward, GRPO. Stage 2, ``train("answer", ...)``:
-Answer Agent episodes over banks built by the manager in use (pass the
-stage-1 checkpoint as ``manager_model``), GRPO. Either stage may start with
-the SFT cold start, and reports a quick validation F1 before and after when
-validation data is given. Everything lands in ``out_dir``: the checkpoint,
-``metrics.csv``, ``reward_curve.png`` and ``train_summary.json``.
+1. Episodes from the training data (:mod:`training.episodes`), built by the
+   product's own manager and answer code; held-out episodes from ``val``.
+2. Validation of the starting policy (greedy, the product's calls).
+3. Cold start: SFT of a LoRA adapter on gold targets, on episodes split off
+   the GRPO prompts (disjoint), at most about one epoch; validated again.
+4. The gate: held-out prompts sampled at the training temperature, as GRPO
+   will sample them: valid-output rate and distinct decisions per group. A
+   group whose samples are all alike gives GRPO nothing to learn from, so
+   below the gate the run says so and raises the temperature (up to
+   :data:`MAX_TEMPERATURE`) before GRPO starts.
+5. GRPO (TRL) continuing the same adapter, with the dense rewards; the
+   adapter is saved (float16) with ``metrics.csv`` and ``reward_curve.png``.
+6. Validation of the trained policy; ``train_summary.json``.
 
-Models and the embedder can be injected (tests pass a ScriptedLLM and the
-hashing embedder); otherwise they come from the config's specs.
+Long steps show progress bars with ETAs on stderr. Models and the embedder
+can be injected (tests pass a tiny model and the hashing embedder).
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
-import statistics
+import os
+import random
+import sys
 import time
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from memory_agent.errors import ConfigError
+from tqdm import tqdm
+
+from memory_agent.errors import ConfigError, InvalidModelOutput
+from memory_agent.manager import MemoryManager
 from training.config import MemoryGRPOConfig
 from training.episodes import (
-    answer_episodes,
-    check_not_dev,
-    load_conversations,
-    manager_episodes,
-    to_dataset,
+    REPLAYS, answer_episodes, check_not_dev, load_conversations, manager_episodes, split_episodes, to_dataset,
 )
-from training.replay import ObservationReplay, Replay, TurnsReplay
-from training.rewards import AnswerReward, ManagerReward, OutputCounter, completion_text, score_answer
+from training.rewards import AnswerReward, ManagerReward, ManagerScorer, RewardStats, shuffled_within_groups
+from training.validate import validate_answer, validate_manager
 
-__all__ = ["Resources", "make_embedder", "make_replay", "build_episodes", "validate", "train"]
+__all__ = ["Resources", "make_embedder", "build_episodes", "gate", "train", "MAX_TEMPERATURE"]
 
 log = logging.getLogger(__name__)
+MAX_TEMPERATURE = 1.5
 
 
 @dataclass
@@ -45,272 +53,245 @@ class Resources:
     """Injected collaborators; ``None`` means "build from the config"."""
 
     embedder: Any = None
-    answer_llm: Any = None  # frozen Answer Agent (manager stage; also the pipeline replay's answerer)
-    manager_llm: Any = None  # manager that builds banks in the pipeline replay
-    extract_llm: Any = None  # extraction model of the pipeline replay
-    replay: Replay | None = None
-    tokenizer: Any = None  # the policy's tokenizer (answer prompts are budgeted with it)
+    tokenizer: Any = None  # the policy's (the Answer Agent's prompt budget is counted with it)
+    extract_llm: Any = None  # pipeline bank source
+    manager_llm: Any = None  # pipeline bank source
+    load_llm: Any = None  # path -> LLM for validation (default: TransformersLLM on the config's device)
 
 
 def make_embedder(name: str):
-    from memory_store import HashingEmbedder, SentenceTransformerEmbedder
+    """The product's embedder for a config name, cached (episodes and rewards embed the same texts often)."""
+    from memory_agent.memory import resolve_embedder
+    from memory_store import CachingEmbedder
 
-    if name == "hashing":
-        return HashingEmbedder(dim=384)
-    return SentenceTransformerEmbedder()
+    return CachingEmbedder(resolve_embedder("default" if name == "minilm" else name))
 
 
-def _llm(spec: str):
+def _count_tokens(tokenizer: Any):
+    return lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _replay(config: MemoryGRPOConfig, res: Resources):
+    if config.bank_source != "pipeline":
+        return REPLAYS[config.bank_source]()
     from memory_agent.llms import resolve_llm
 
-    return resolve_llm(spec)
+    extract = res.extract_llm if res.extract_llm is not None else resolve_llm("default")
+    manager = res.manager_llm if res.manager_llm is not None else resolve_llm(config.manager_model)
+    return REPLAYS["pipeline"](extract, manager)
 
 
-def make_replay(config: MemoryGRPOConfig, res: Resources) -> Replay:
-    if res.replay is not None:
-        return res.replay
-    if config.bank_source == "observations":
-        return ObservationReplay(res.embedder)
-    if config.bank_source == "turns":
-        return TurnsReplay(res.embedder)
-    from training.pipeline_replay import PipelineReplay
-
-    manager_llm = res.manager_llm if res.manager_llm is not None else _llm(config.manager_model)
-    # Extraction stays on the default model, as in Memory(manager_llm=...): only the manager is swapped.
-    extract_llm = res.extract_llm if res.extract_llm is not None else _llm("default")
-    return PipelineReplay(
-        manager_llm,
-        res.embedder,
-        extract_llm=extract_llm,
-        model_key=config.manager_model if res.manager_llm is None else res.manager_llm,
-        extract_key="default" if res.extract_llm is None else res.extract_llm,
-        embedder_key=config.embedder,
-        cache_dir=config.episode_cache_dir,
-    )
-
-
-def build_episodes(config: MemoryGRPOConfig, conversations, res: Resources, *, limit: int | None = None):
-    replay = make_replay(config, res)
+def build_episodes(config: MemoryGRPOConfig, spec: Any, res: Resources, *, what: str) -> list[Any]:
+    """Episodes of ``config.task`` from a data spec, with a progress bar over conversations."""
+    conversations = load_conversations(spec)
+    check_not_dev(conversations)
     if config.max_conversations is not None:
         conversations = conversations[: config.max_conversations]
-    limit = limit if limit is not None else config.max_episodes
-    if config.task == "manager":
-        return manager_episodes(
-            conversations,
-            replay,
-            max_turns=config.max_turns,
-            max_episodes=limit,
-            include_adversarial=config.include_adversarial,
-        )
-    return answer_episodes(
-        conversations,
-        replay,
-        res.embedder,
-        retrieve_k=config.retrieve_k,
-        max_turns=config.max_turns,
-        max_episodes=limit,
-        include_adversarial=config.include_adversarial,
-    )
+    with tqdm(total=len(conversations), desc=f"{what} episodes", unit="conv", file=sys.stderr,
+              dynamic_ncols=True) as bar:
+        if config.task == "manager":
+            return manager_episodes(conversations, _replay(config, res), res.embedder, max_turns=config.max_turns,
+                                    progress=bar.update)
+        return answer_episodes(conversations, _replay(config, res), res.embedder,
+                               count_tokens=_count_tokens(res.tokenizer), max_turns=config.max_turns,
+                               progress=bar.update)
 
 
-def validate(config: MemoryGRPOConfig, policy_llm: Any, episodes, res: Resources) -> dict[str, Any]:
-    """Quick greedy pass: mean token-F1 (and EM) of the answers, plus the policy's valid-output rate.
+def _sample(items: list[Any], n: int | None, seed: int) -> list[Any]:
+    if n is None or n >= len(items):
+        return items
+    keep = sorted(random.Random(seed).sample(range(len(items)), n))
+    return [items[i] for i in keep]
 
-    For the manager, the policy's operations are applied to each episode's
-    bank and the frozen Answer Agent answers the linked questions (the
-    manager reward with F1 as the metric).
-    """
+
+def _validate(config: MemoryGRPOConfig, llm: Any, episodes: list[Any], res: Resources) -> dict[str, Any]:
     if not episodes:
-        return {"n": 0}
-    rows = [e.row(res.tokenizer) for e in episodes]
-    prompts = [r["prompt"] for r in rows]
-    replies = policy_llm.generate(prompts, max_new_tokens=config.max_completion_length, temperature=0.0)
-    if config.task == "answer":
-        f1 = AnswerReward("f1")
-        em = AnswerReward("em")
-        golds = [r["answer"] for r in rows]
-        f1s = f1(replies, answer=golds)
-        ems = em(replies, answer=golds)
-        valid = f1.counter.rate
+        return {}
+    t0 = time.perf_counter()
+    if config.task == "manager":
+        report = validate_manager(llm, episodes, ManagerScorer(count_tokens=_count_tokens(res.tokenizer)))
     else:
-        columns = {k: [r[k] for r in rows] for k in ("shown", "bank", "questions", "answers", "timestamp", "speaker")}
-        f1 = ManagerReward(res.answer_llm, embedder=res.embedder, metric="f1", top_k=config.retrieve_k,
-                           max_new_tokens=config.answer_max_new_tokens)
-        f1s = f1(replies, **columns)
-        # EM of the same answers (no second pass of the answer model).
-        ems = [0.0] * len(rows)
-        n_q = [len(q) for q in columns["questions"]]
-        for i, pred, gold in f1.last_answers:
-            ems[i] += score_answer(pred, gold, "em") / n_q[i]
-        valid = f1.counter.rate
-    return {
-        "n": len(rows),
-        "f1": statistics.fmean(f1s),
-        "em": statistics.fmean(ems),
-        "valid_rate": valid,
-        "example": completion_text(replies[0])[:300],
-    }
+        report = validate_answer(llm, episodes, config.reward_metric)
+    report["seconds"] = round(time.perf_counter() - t0, 1)
+    return report
 
 
-def _cold_start(config: MemoryGRPOConfig, conversations, episodes, base: Path, out: Path, res: Resources) -> tuple[Path, dict]:
+def _decision_key(episode: Any, raw: str, task: str) -> str:
+    """What makes two samples different decisions (the invalid ones are one class)."""
+    if task == "answer":
+        from memory_agent.answer import parse_answer
+
+        text, _sel, valid = parse_answer(raw, len(episode.shown))
+        return text.casefold() if valid else "<invalid>"
+    try:
+        ops = MemoryManager.decide(episode.item, episode.hits, raw)
+    except InvalidModelOutput:
+        return "<invalid>"
+    return repr(sorted(repr(op) for op in ops))
+
+
+def gate(config: MemoryGRPOConfig, llm: Any, episodes: list[Any], temperature: float) -> dict[str, Any]:
+    """Sample ``num_generations`` completions per held-out prompt at ``temperature``, as GRPO will."""
+    from memory_agent.defaults import MANAGER_STOP
+
+    chosen = _sample(episodes, config.gate_prompts, config.seed)
+    if not chosen:
+        return {"prompts": 0, "passed": False, "reason": "no held-out episodes"}
+    k = config.num_generations
+    stop = list(MANAGER_STOP) if config.task == "manager" else None
+    replies = llm.generate([e.messages for e in chosen for _ in range(k)], max_new_tokens=config.max_completion_length,
+                           temperature=temperature, stop=stop)
+    valid, distinct = 0, []
+    for i, e in enumerate(chosen):
+        keys = [_decision_key(e, r, config.task) for r in replies[i * k : (i + 1) * k]]
+        valid += sum(key != "<invalid>" for key in keys)
+        distinct.append(len(set(keys)))
+    rate, spread = valid / len(replies), sum(distinct) / len(distinct)
+    return {"prompts": len(chosen), "temperature": temperature, "valid_rate": rate, "distinct_per_group": spread,
+            "passed": rate >= config.gate_min_valid_rate and spread >= config.gate_min_distinct}
+
+
+class _Progress:
+    """A tqdm bar with ETA over a transformers Trainer's steps (the SFT cold start)."""
+
+    def __init__(self, desc: str):
+        self.desc = desc
+        self.bar: tqdm | None = None
+
+    def __getattr__(self, name: str):  # every other TrainerCallback event: nothing to do
+        if name.startswith("on_"):
+            return lambda *a, **k: None
+        raise AttributeError(name)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.bar = tqdm(total=state.max_steps, desc=self.desc, unit="step", file=sys.stderr, dynamic_ncols=True)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _threads(config: MemoryGRPOConfig) -> int:
+    """Training owns the machine: every core unless the config says otherwise (never the idle-core guess,
+    which a burst of our own work can fool into one thread for the whole run)."""
+    return config.cpu_threads or os.cpu_count() or 1
+
+
+def _load(res: Resources, config: MemoryGRPOConfig, path: Path) -> Any:
+    if res.load_llm is not None:
+        return res.load_llm(path)
+    from memory_agent.llms import TransformersLLM
+
+    return TransformersLLM(path, device=config.target_device, threads=_threads(config))
+
+
+def _cold_start(config, base, out, sft_episodes, val_episodes, res, summary) -> Path:
     from training import sft
     from training.trainer import lora_config
 
-    from memory_agent.llms import TransformersLLM
-
-    if config.task == "manager":
-        # Targets from the annotated observations of the training conversations.
-        views = [
-            v
-            for conv in conversations[: config.max_conversations]
-            for v in ObservationReplay(res.embedder).views(conv, max_turns=config.max_turns)
-            if v.facts
-        ]
-        rows = sft.manager_sft_rows(_spread(views, config.cold_start_examples))
-        if not rows:
-            raise ConfigError("cold start needs LoCoMo-style observation annotations in the training data")
-    else:
-        rows = sft.answer_sft_rows(_spread(episodes, config.cold_start_examples), tokenizer=res.tokenizer)
-
-    # The valid-output rate is probed on the GRPO prompts themselves.
-    probe = [e.row(res.tokenizer) for e in episodes[: config.cold_start_probe]]
-    probe_prompts = [r["prompt"] for r in probe]
-
-    def probe_check(i: int, text: str) -> bool:
-        if config.task == "manager":
-            shown = json.loads(probe[i]["shown"])
-            return sft.is_valid_manager(text, len(shown), json.loads(probe[i]["facts"]), shown)
-        return sft.is_valid_answer(text)
-
-    def rate(path: Path) -> float | None:
-        llm = TransformersLLM(path, device=config.target_device)
-        return sft.valid_rate(llm, probe_prompts, probe_check, max_new_tokens=config.max_completion_length,
-                              temperature=config.temperature)
-
-    info: dict[str, Any] = {"examples": len(rows), "steps": config.cold_start_max_steps}
-    info["valid_rate_before"] = rate(base)
+    rows = sft.manager_sft_rows(sft_episodes) if config.task == "manager" else sft.answer_sft_rows(sft_episodes)
+    if not rows:
+        raise ConfigError("the cold start needs episodes with gold targets (synthetic edits or LoCoMo observations)")
     t0 = time.perf_counter()
-    cold = sft.run_sft(
-        base,
-        rows,
-        out / "cold_start",
-        max_steps=config.cold_start_max_steps,
-        learning_rate=config.cold_start_learning_rate,
-        seed=config.seed,
-        use_lora=config.use_lora,
-        lora=lora_config(config, base),
-        device=config.target_device,
-        batch_size=min(4, len(rows)),
-    )
-    info["seconds"] = round(time.perf_counter() - t0, 1)
-    info["valid_rate_after"] = rate(cold)
-    info["checkpoint"] = str(cold)
-    return cold, info
+    adapter = sft.run_sft(base, rows, out / "cold_start", lora=lora_config(config), epochs=config.cold_start_epochs,
+                          learning_rate=config.cold_start_learning_rate, batch_size=config.cold_start_batch_size,
+                          seed=config.seed, device=config.target_device, progress=_Progress("cold start (SFT)"))
+    info = json.loads((adapter / "cold_start.json").read_text())
+    summary["cold_start"] = {**info, "seconds": round(time.perf_counter() - t0, 1), "checkpoint": str(adapter)}
+    if val_episodes:
+        llm = _load(res, config, adapter)
+        summary["val_after_cold_start"] = _validate(config, llm, val_episodes, res)
+        summary["gate"] = _gate_and_adjust(config, llm, val_episodes)
+        del llm
+        gc.collect()
+    return adapter
 
 
-def train(
-    config: MemoryGRPOConfig,
-    out_dir: str | Path,
-    *,
-    data: str | Path | None = None,
-    val: str | Path | None = None,
-    resources: Resources | None = None,
-) -> dict[str, Any]:
+def _gate_and_adjust(config: MemoryGRPOConfig, llm: Any, val_episodes: list[Any]) -> dict[str, Any]:
+    temperature = config.temperature
+    tries = []
+    while True:
+        result = gate(config, llm, val_episodes, temperature)
+        tries.append(result)
+        print(f"gate at temperature {temperature:.2f}: valid rate {result.get('valid_rate', 0):.2f}, "
+              f"{result.get('distinct_per_group', 0):.2f} distinct decisions per group of {config.num_generations}"
+              f" -> {'passed' if result['passed'] else 'BELOW THE GATE'}", file=sys.stderr, flush=True)
+        low_spread = result.get("distinct_per_group", 0) < config.gate_min_distinct
+        if result["passed"] or not low_spread or temperature + 0.2 > MAX_TEMPERATURE + 1e-9:
+            break
+        temperature = round(temperature + 0.2, 2)  # more spread: the only knob that needs no retraining
+    if temperature != config.temperature:
+        config.temperature = temperature
+    return {"tries": tries, "passed": tries[-1]["passed"], "temperature": temperature}
+
+
+def _rewards(config: MemoryGRPOConfig, episodes: list[Any], res: Resources) -> tuple[list[Any], dict[str, RewardStats]]:
+    stats = RewardStats()
+    if config.task == "manager":
+        reward: Any = ManagerReward(episodes, ManagerScorer(count_tokens=_count_tokens(res.tokenizer)), stats=stats)
+    else:
+        reward = AnswerReward(episodes, config.reward_metric, stats=stats)
+    if config.shuffle_rewards:
+        reward = shuffled_within_groups(reward, config.num_generations, seed=config.seed)
+    return [reward], {"reward": stats}
+
+
+def train(config: MemoryGRPOConfig, out_dir: str | Path, *, resources: Resources | None = None) -> dict[str, Any]:
     """Run one stage; returns (and writes) ``train_summary.json``."""
-    from training.trainer import load_tokenizer, materialize_base, run_grpo
+    from training.trainer import load_policy, load_tokenizer, resolve_model_path, run_grpo
 
     t_start = time.perf_counter()
-    if config.cpu_threads:
+    if not config.target_device.startswith("cuda"):
         import torch
 
-        # Small models on a busy CPU lose more to thread hand-offs than they gain.
-        torch.set_num_threads(config.cpu_threads)
+        torch.set_num_threads(_threads(config))
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     res = resources or Resources()
-    if res.embedder is None:
-        res.embedder = make_embedder(config.embedder)
-    if config.task == "manager" and res.answer_llm is None:
-        res.answer_llm = _llm(config.answer_model)
-
-    conversations = load_conversations(data)
-    check_not_dev(conversations)
-    t0 = time.perf_counter()
-    episodes = build_episodes(config, conversations, res)
-    episode_seconds = time.perf_counter() - t0
-    log.info("built %d %s episodes in %.1fs", len(episodes), config.task, episode_seconds)
-
-    val_episodes = []
-    if val is not None:
-        val_convs = load_conversations(val)
-        check_not_dev(val_convs)
-        val_episodes = build_episodes(config, val_convs, res, limit=config.val_limit)
-
-    base = materialize_base(config.policy_spec, out)
+    base = resolve_model_path(config.model)
     if res.tokenizer is None:
         res.tokenizer = load_tokenizer(base)
-    dataset = to_dataset(episodes, tokenizer=res.tokenizer)
-    summary: dict[str, Any] = {
-        "task": config.task,
-        "policy_start": str(base),
-        "data": str(data or "locomo:train"),
-        "episodes": len(episodes),
-        "episode_build_seconds": round(episode_seconds, 1),
-        "bank_source": config.bank_source,
-        "reward_metric": config.reward_metric,
-    }
-    if val_episodes:
-        from memory_agent.llms import TransformersLLM
+    if res.embedder is None:
+        res.embedder = make_embedder(config.embedder)
 
-        # "before" is the policy as it was handed to us, before any training (cold start included).
-        summary["val_before"] = validate(config, TransformersLLM(base, device=config.target_device), val_episodes, res)
+    t0 = time.perf_counter()
+    episodes = build_episodes(config, config.data, res, what="training")
+    val_episodes = (_sample(build_episodes(config, config.val, res, what="validation"), config.val_limit, config.seed)
+                    if config.val else [])
+    summary: dict[str, Any] = {"task": config.task, "base": str(base), "data": config.data or "locomo:train",
+                               "val": config.val, "bank_source": config.bank_source,
+                               "episode_build_seconds": round(time.perf_counter() - t0, 1)}
+    sft_episodes: list[Any] = []
     if config.cold_start:
-        base, summary["cold_start"] = _cold_start(config, conversations, episodes, base, out, res)
-        if val_episodes:
-            summary["val_after_cold_start"] = validate(
-                config, TransformersLLM(base, device=config.target_device), val_episodes, res)
-
-    counter = OutputCounter()
-    if config.task == "manager":
-        reward = ManagerReward(
-            res.answer_llm,
-            embedder=res.embedder,
-            metric=config.reward_metric,
-            top_k=config.retrieve_k,
-            max_new_tokens=config.answer_max_new_tokens,
-            counter=counter,
-        )
-    else:
-        reward = AnswerReward(config.reward_metric, counter=counter)
-    _trainer, result = run_grpo(config, dataset, [reward], out, counters={reward.__name__: counter}, model=str(base))
-    summary.update(result.summary())
-
-    # The checkpoint must load the way users will load it.
-    from memory_agent.llms import resolve_llm
-
-    trained = resolve_llm(str(out))
-    summary["checkpoint_loads"] = True
+        eligible = [e for e in episodes if config.task == "answer" or e.gold is not None]
+        sft_episodes, _ = split_episodes(eligible, config.cold_start_examples, seed=config.seed)
+        taken = {e.id for e in sft_episodes}
+        episodes = [e for e in episodes if e.id not in taken]  # GRPO prompts disjoint from SFT prompts
+    episodes = _sample(episodes, config.max_episodes, config.seed)
+    summary.update(episodes=len(episodes), sft_episodes=len(sft_episodes), val_episodes=len(val_episodes))
     if val_episodes:
-        summary["val_after"] = validate(config, trained, val_episodes, res)
+        summary["val_before"] = _validate(config, _load(res, config, base), val_episodes, res)
+    adapter = _cold_start(config, base, out, sft_episodes, val_episodes, res, summary) if config.cold_start else None
+
+    rewards, stats = _rewards(config, episodes, res)
+    policy = load_policy(base, adapter, config)
+    _trainer, result = run_grpo(config, to_dataset(episodes), rewards, out, model=policy, tokenizer=res.tokenizer,
+                                base_path=base, stats=stats)
+    summary.update(result.summary())
+    del policy, _trainer
+    gc.collect()
+    if val_episodes:
+        summary["val_after"] = _validate(config, _load(res, config, out), val_episodes, res)
     summary["total_seconds"] = round(time.perf_counter() - t_start, 1)
-    summary["config"] = {
-        k: v
-        for k, v in asdict(config).items()
-        if k
-        in (
-            "task", "model", "manager_model", "answer_model", "embedder", "bank_source", "max_steps",
-            "learning_rate", "num_generations", "per_device_train_batch_size", "gradient_accumulation_steps",
-            "max_completion_length", "temperature", "beta", "use_lora", "lora_r", "seed", "retrieve_k",
-            "max_turns", "max_episodes", "cold_start",
-        )
-    }
+    keys = ("task", "model", "embedder", "bank_source", "data", "val", "max_steps", "learning_rate", "num_generations",
+            "per_device_train_batch_size", "gradient_accumulation_steps", "max_completion_length", "temperature",
+            "beta", "loss_type", "scale_rewards", "epsilon_high", "mask_truncated_completions", "lr_scheduler_type",
+            "lora_r", "lora_alpha", "seed", "cold_start", "cold_start_examples", "cold_start_epochs",
+            "cold_start_learning_rate", "shuffle_rewards", "reward_metric")
+    summary["config"] = {k: v for k, v in asdict(config).items() if k in keys}
     (out / "train_summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
-
-
-def _spread(items: Sequence[Any], n: int) -> list[Any]:
-    """At most ``n`` of ``items``, evenly spaced: episodes come in conversation
-    order, so the first ``n`` would cover only the first sessions' questions."""
-    if n >= len(items):
-        return list(items)
-    return [items[i * len(items) // n] for i in range(n)]

@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from memory_agent.cli.options import embedder_option, emit_json, json_option, model_options
+from memory_agent.cli.options import embedder_option, emit_json, json_option, model_options, policy_value
 from memory_agent.errors import ConfigError
 
 __all__ = ["ingest", "find_locomo", "load_sessions"]
@@ -67,7 +67,7 @@ def load_sessions(path: Path) -> tuple[str, list[tuple[list[dict], str]]]:
 @embedder_option
 @json_option
 def ingest(data_path: Path | None, turns: int | None, db: str | None, model: str, manager_model: str | None,
-           answer_model: str | None, embedder: str, as_json: bool) -> None:
+           answer_model: str | None, policy: str | None, embedder: str, as_json: bool) -> None:
     """Ingest one LoCoMo conversation and report throughput."""
     from memory_agent.memory import Memory
 
@@ -84,7 +84,8 @@ def ingest(data_path: Path | None, turns: int | None, db: str | None, model: str
     n_turns = sum(len(t) for t, _ in sessions)
     folder = db or tempfile.mkdtemp(prefix="memory-agent-bench-")
     t_load = time.perf_counter()
-    mem = Memory.open(folder, llm=model, embedder=embedder, manager_llm=manager_model, answer_llm=answer_model)
+    mem = Memory.open(folder, llm=model, embedder=embedder, manager_llm=manager_model, answer_llm=answer_model,
+                      policy=policy_value(policy))
     _ = mem.extract_llm, mem.manager_llm  # load models before the clock starts
     load_s = time.perf_counter() - t_load
     t0 = time.perf_counter()

@@ -38,6 +38,10 @@ def _run_options(fn):
         click.option("--model", default="default", show_default=True, help="Model for every role."),
         click.option("--manager-model", default=None, help="Model of the Memory Manager (default --model)."),
         click.option("--answer-model", default=None, help="Model of the Answer Agent (default --model)."),
+        click.option("--policy", "policy", default="default", show_default=True,
+                     help="Trained manager/answer adapters for the embedded model: default (shipped), untrained, "
+                          "or a folder with manager/ and answer/."),
+        click.option("--untrained", "policy", flag_value="untrained", help="The plain embedded model in every role."),
         click.option("--judge", default=None, metavar="MODEL", help="LLM-as-judge model (off by default)."),
         click.option("--embedder", type=click.Choice(["default", "hashing"]), default="default", show_default=True),
         click.option("--f1", "f1", type=click.Choice(["mem0", "locomo"]), default="mem0", show_default=True,
@@ -55,8 +59,10 @@ def _run_options(fn):
     return fn
 
 
-def _evaluate(data, split, methods, out, limit_questions, model, manager_model, answer_model, judge,
+def _evaluate(data, split, methods, out, limit_questions, model, manager_model, answer_model, policy, judge,
               embedder, f1, top_k, context_window, answer_batch, quiet) -> None:
+    from memory_agent.cli.options import policy_value
+
     from data.schema import DatasetError
     from eval.harness import EvalConfig, run_eval
 
@@ -66,7 +72,7 @@ def _evaluate(data, split, methods, out, limit_questions, model, manager_model, 
         raise click.UsageError("give --out DIR (the run folder)")
     config = EvalConfig(
         out=out, methods=list(methods), data=data, split=split, limit_questions=limit_questions,
-        model=model, manager_model=manager_model, answer_model=answer_model, judge=judge,
+        model=model, manager_model=manager_model, answer_model=answer_model, policy=policy_value(policy), judge=judge,
         embedder=embedder, f1=f1, top_k=top_k, context_window=context_window, answer_batch=answer_batch,
         progress=not quiet,
     )

@@ -79,7 +79,7 @@ def token_f1(pred: str, gold: str) -> float:
 @click.option("--sessions", "n_sessions", default=4, show_default=True)
 @click.option("--questions", "n_questions", default=6, show_default=True)
 @json_option
-def demo(db: str | None, model: str, manager_model: str | None, answer_model: str | None, embedder: str,
+def demo(db: str | None, model: str, manager_model: str | None, answer_model: str | None, policy: str | None, embedder: str,
          seed: int, n_sessions: int, n_questions: int, as_json: bool) -> None:
     """Ingest a small multi-session conversation, show each memory operation, answer questions."""
     from rich.console import Console
@@ -98,7 +98,7 @@ def demo(db: str | None, model: str, manager_model: str | None, answer_model: st
     conv = generate(seed=seed, n_sessions=n_sessions, n_questions=n_questions)
     user = conv.sample_id
     t_start = time.perf_counter()
-    mem = open_memory(str(folder), embedder, model, manager_model, answer_model)
+    mem = open_memory(str(folder), embedder, model, manager_model, answer_model, policy)
     console.print(f"[bold]memory-agent demo[/]: {conv.speaker_a} and {conv.speaker_b}, "
                   f"{len(conv.sessions)} sessions, {sum(len(s.turns) for s in conv.sessions)} turns; model: {model}")
     with console.status("loading models..."):
@@ -172,12 +172,12 @@ def demo(db: str | None, model: str, manager_model: str | None, answer_model: st
 @embedder_option
 @json_option
 def add(text: tuple[str, ...], speaker: str, timestamp: str | None, db: str, user_id: str, model: str,
-        manager_model: str | None, answer_model: str | None, embedder: str, as_json: bool) -> None:
+        manager_model: str | None, answer_model: str | None, policy: str | None, embedder: str, as_json: bool) -> None:
     """Remember what SPEAKER said (facts are extracted and merged into memory)."""
     from datetime import datetime, timezone
 
     ts = timestamp or datetime.now(timezone.utc).replace(tzinfo=None).isoformat(timespec="seconds")
-    with open_memory(db, embedder, model, manager_model, answer_model) as mem:
+    with open_memory(db, embedder, model, manager_model, answer_model, policy) as mem:
         turn = {"speaker": speaker, "text": " ".join(text), "dia_id": f"cli-{uuid.uuid4().hex[:8]}"}
         result = mem.add([turn], user_id=user_id, timestamp=ts)
     if as_json:
@@ -205,9 +205,9 @@ def add(text: tuple[str, ...], speaker: str, timestamp: str | None, db: str, use
 @embedder_option
 @json_option
 def ask(question: tuple[str, ...], strategy: str, db: str, user_id: str, model: str, manager_model: str | None,
-        answer_model: str | None, embedder: str, as_json: bool) -> None:
+        answer_model: str | None, policy: str | None, embedder: str, as_json: bool) -> None:
     """Answer QUESTION from the user's memories."""
-    with open_memory(db, embedder, model, manager_model, answer_model) as mem:
+    with open_memory(db, embedder, model, manager_model, answer_model, policy) as mem:
         ans = mem.answer(" ".join(question), user_id=user_id, strategy=strategy)
     if as_json:
         emit_json({"answer": ans.text, "valid": ans.valid, "raw": ans.raw,
@@ -291,12 +291,12 @@ def info(db: str, user_id: str, embedder: str, as_json: bool) -> None:
 @user_option
 @model_options
 @embedder_option
-def chat(speaker: str, db: str, user_id: str, model: str, manager_model: str | None, answer_model: str | None,
+def chat(speaker: str, db: str, user_id: str, model: str, manager_model: str | None, answer_model: str | None, policy: str | None,
          embedder: str) -> None:
     """Talk with memory: each message is answered from memory, then remembered. `exit` or Ctrl-D ends."""
     from datetime import datetime, timezone
 
-    with open_memory(db, embedder, model, manager_model, answer_model) as mem:
+    with open_memory(db, embedder, model, manager_model, answer_model, policy) as mem:
         click.echo("memory-agent chat - type `exit` or press Ctrl-D to leave.", err=True)
         while True:
             click.echo("> ", nl=False, err=True)

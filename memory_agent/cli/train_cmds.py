@@ -1,104 +1,172 @@
-"""``memory-agent train manager|answer``: GRPO training of one of the two agents.
+"""``memory-agent train``: GRPO training of the two agents, and the checks around it.
 
-Stage 1 trains the Memory Manager with the Answer Agent frozen; stage 2 the
-Answer Agent over banks built by the trained manager::
+::
 
-    memory-agent train manager --out runs/manager --config cpu_smollm2.yaml
-    memory-agent train answer --manager-model runs/manager --out runs/answer
+    memory-agent train manager --out runs/policies/manager     # the device's recipe (CPU: cpu-manager.yaml)
+    memory-agent train answer  --out runs/policies/answer
+    memory-agent train policies --out runs/policies             # both stages: what ships with the package
+    memory-agent train score manager --policy runs/policies/manager --data synthetic:16:7
+    memory-agent train proxy --data synthetic:8:7+locomo:val     # the dense reward vs the Answer Agent's F1
 
-The checkpoint written to ``--out`` loads anywhere a model is accepted
-(``--manager-model runs/manager``, ``resolve_llm("runs/manager")``).
-Heavy imports (torch, trl) happen inside the command, not at ``--help``.
+The adapter written to ``--out`` loads anywhere a model is accepted
+(``--manager-model runs/policies/manager``). Heavy imports (torch, trl)
+happen inside the commands, not at ``--help``.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import click
 
 __all__ = ["train"]
 
 
-@click.command("train")
-@click.argument("task", type=click.Choice(["manager", "answer"]))
-@click.option("--data", default=None, help="Training conversations: .json (LoCoMo), .jsonl, locomo:<split> or "
-              "synthetic:<n>[:<seed>]. Default: the LoCoMo train split.")
-@click.option("--val", default=None, help="Validation conversations (same forms); F1 is reported before/after.")
-@click.option("--val-limit", type=int, default=None, help="At most N validation episodes (default 20).")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output folder.")
-@click.option("--config", "config_file", default=None,
-              help="YAML recipe (a path, or a name in training/recipes, e.g. cpu_smollm2.yaml).")
-@click.option("--max-steps", type=int, default=None, help="GRPO steps (overrides the recipe).")
-@click.option("--learning-rate", type=float, default=None, help="GRPO learning rate (overrides the recipe).")
-@click.option("--device", default=None, help="auto | cpu | cuda (default auto).")
-@click.option("--model", default=None, help="Policy to start from (default: the trained agent's own model).")
-@click.option("--manager-model", default=None,
-              help="The Memory Manager in use: it builds the banks (train answer: the stage-1 checkpoint); "
-              "train manager starts from it.")
-@click.option("--answer-model", default=None,
-              help="The Answer Agent: frozen inside the manager reward (train manager); train answer starts from it.")
-@click.option("--bank-source", type=click.Choice(["pipeline", "observations", "turns"]), default=None,
-              help="How earlier turns become a bank (default: the pipeline itself).")
-@click.option("--embedder", type=click.Choice(["default", "minilm", "hashing"]), default=None)
-@click.option("--reward", "reward_metric", type=click.Choice(["em", "f1"]), default=None,
-              help="Exact match (default, as Memory-R1) or token-F1 partial credit.")
-@click.option("--max-episodes", type=int, default=None, help="Use at most N training episodes.")
-@click.option("--max-turns", type=int, default=None, help="Replay at most N turns per conversation.")
-@click.option("--cold-start/--no-cold-start", default=None, help="Short SFT on well-formed outputs before GRPO.")
-@click.option("--cold-start-steps", "cold_start_max_steps", type=int, default=None,
-              help="SFT steps of the cold start (overrides the recipe).")
-@click.option("--cold-start-examples", type=int, default=None,
-              help="At most N cold-start examples, spread over the episodes (overrides the recipe).")
-@click.option("--retrieve-k", type=int, default=None,
-              help="Memories in the Answer Agent's prompt (the pipeline uses 60; the CPU recipe 10).")
-@click.option("--lora/--full", "use_lora", default=None, help="LoRA adapter (default) or full fine-tuning.")
-@click.option("--merge/--no-merge", "merge_adapter", default=None, help="Save merged full weights instead of an adapter.")
-@click.option("--seed", type=int, default=None)
-@click.option("--threads", "cpu_threads", type=int, default=None, help="torch CPU threads (1 is best on a busy CPU).")
-@click.option("--json", "as_json", is_flag=True, help="Print train_summary.json to stdout.")
-def train(task, data, val, val_limit, out_dir, config_file, max_steps, learning_rate, device, model, manager_model,
-          answer_model, bank_source, embedder, reward_metric, max_episodes, max_turns, cold_start, cold_start_max_steps,
-          cold_start_examples, retrieve_k, use_lora, merge_adapter, seed, cpu_threads, as_json):
-    """Train the Memory Manager or the Answer Agent with GRPO (TRL)."""
-    from training.config import load_config
+@click.group("train")
+def train() -> None:
+    """Train the Memory Manager or the Answer Agent with GRPO (TRL), and check the rewards."""
+
+
+def _stage_options(f: Callable) -> Callable:
+    options = [
+        click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output folder."),
+        click.option("--config", "config_file", default=None,
+                     help="YAML recipe (a path or a name in training/recipes). Default: the device's recipe."),
+        click.option("--data", default=None, help="Training data: locomo:<split>, synthetic:<n>[:<seed>], a file, "
+                     "or several joined with '+' (default: the recipe's)."),
+        click.option("--val", default=None, help="Held-out data for the gate and validation (same forms)."),
+        click.option("--val-limit", type=int, default=None, help="At most N validation episodes."),
+        click.option("--max-steps", type=int, default=None, help="GRPO steps."),
+        click.option("--learning-rate", type=float, default=None, help="GRPO learning rate (LoRA)."),
+        click.option("--temperature", type=float, default=None, help="Sampling temperature of GRPO."),
+        click.option("--num-generations", type=int, default=None, help="Samples per prompt (GRPO group size)."),
+        click.option("--device", default=None, help="auto | cpu | cuda (default: auto)."),
+        click.option("--model", default=None, help="Base model: default (embedded SmolLM2) or a local folder."),
+        click.option("--bank-source", type=click.Choice(["gold", "turns", "pipeline"]), default=None,
+                     help="How earlier turns become the bank (default: gold, the data's own facts and edits)."),
+        click.option("--manager-model", default=None, help="The manager of --bank-source pipeline."),
+        click.option("--embedder", type=click.Choice(["default", "minilm", "hashing"]), default=None),
+        click.option("--reward", "reward_metric", type=click.Choice(["f1", "em"]), default=None,
+                     help="Answer reward metric (default f1: partial credit)."),
+        click.option("--max-episodes", type=int, default=None, help="At most N GRPO episodes."),
+        click.option("--max-turns", type=int, default=None, help="Replay at most N turns per conversation."),
+        click.option("--cold-start/--no-cold-start", default=None, help="SFT on gold targets before GRPO."),
+        click.option("--cold-start-examples", type=int, default=None, help="SFT examples (split off GRPO's)."),
+        click.option("--cold-start-epochs", type=float, default=None, help="Passes over the SFT examples."),
+        click.option("--shuffle-rewards", is_flag=True, default=None,
+                     help="Control run: rewards permuted within each group (must not gain)."),
+        click.option("--seed", type=int, default=None),
+        click.option("--threads", "cpu_threads", type=int, default=None, help="torch CPU threads."),
+        click.option("--json", "as_json", is_flag=True, help="Print train_summary.json to stdout."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _run_stage(task: str, out_dir: str, config_file: str | None, as_json: bool, **fields: Any) -> dict[str, Any]:
+    from training.config import default_recipe, load_config
     from training.run import train as run_train
 
-    config = load_config(
-        config_file,
-        task=task,
-        output_dir=str(out_dir),
-        max_steps=max_steps,
-        learning_rate=learning_rate,
-        device=device,
-        model=model,
-        manager_model=manager_model,
-        answer_model=answer_model,
-        bank_source=bank_source,
-        embedder=embedder,
-        reward_metric=reward_metric,
-        max_episodes=max_episodes,
-        max_turns=max_turns,
-        cold_start=cold_start,
-        cold_start_max_steps=cold_start_max_steps,
-        cold_start_examples=cold_start_examples,
-        retrieve_k=retrieve_k,
-        use_lora=use_lora,
-        merge_adapter=merge_adapter,
-        seed=seed,
-        cpu_threads=cpu_threads,
-        val_limit=val_limit,
-    )
-    summary = run_train(config, out_dir, data=data, val=val)
+    device = fields.get("device") or "auto"
+    recipe = config_file or default_recipe(task, device)
+    config = load_config(recipe, task=task, output_dir=str(Path(out_dir) / "_trainer"), **fields)
+    click.echo(f"train {task}: recipe {Path(recipe).name}, device {config.target_device}, data {config.data}, "
+               f"{config.max_steps} GRPO steps x {config.num_generations} samples", err=True)
+    summary = run_train(config, out_dir)
     if as_json:
         click.echo(json.dumps(summary, indent=2, default=str))
-        return
-    click.echo(f"trained {task}: {summary['steps']} steps in {summary['wall_seconds']}s "
-               f"({summary.get('seconds_per_step_mean')}s/step)")
-    click.echo(f"reward {summary.get('reward_first')} -> {summary.get('reward_last')}; "
-               f"valid-output rate {summary.get('valid_rate_first')} -> {summary.get('valid_rate_last')}")
-    if "val_before" in summary:
-        mid = summary.get("val_after_cold_start")
-        via = f" -> {mid.get('f1')} (after cold start)" if mid else ""
-        click.echo(f"validation F1 {summary['val_before'].get('f1')}{via} -> {summary['val_after'].get('f1')}")
-    click.echo(f"checkpoint: {summary['checkpoint']} (load with --{task}-model {out_dir})")
+    else:
+        _print_summary(task, out_dir, summary)
+    return summary
+
+
+def _print_summary(task: str, out_dir: str, summary: dict[str, Any]) -> None:
+    click.echo(f"trained {task}: {summary['steps']} GRPO steps in {summary['wall_seconds']}s "
+               f"({summary.get('seconds_per_step_mean')}s/step), {summary['total_seconds']}s in all")
+    click.echo(f"reward {summary.get('reward_first')} -> {summary.get('reward_last')}; groups without reward spread "
+               f"{summary.get('frac_reward_zero_std_mean')}; LoRA update norm {summary.get('lora_update_norm_last')}")
+    for key in ("val_before", "val_after_cold_start", "val_after"):
+        block = (summary.get(key) or {}).get("all")
+        if block:
+            main = "reward" if task == "manager" else "f1"
+            click.echo(f"{key}: {main} {block.get(main)}, valid rate {block.get('valid_rate')}")
+    click.echo(f"adapter: {out_dir} (load with --{task}-model {out_dir})")
+
+
+@train.command("manager")
+@_stage_options
+def manager(out_dir, config_file, as_json, **fields):
+    """Stage 1: the Memory Manager (dense recall reward, no LLM in the loop)."""
+    _run_stage("manager", out_dir, config_file, as_json, **fields)
+
+
+@train.command("answer")
+@_stage_options
+def answer(out_dir, config_file, as_json, **fields):
+    """Stage 2: the Answer Agent (F1 reward with a marker penalty and a quote bonus)."""
+    _run_stage("answer", out_dir, config_file, as_json, **fields)
+
+
+@train.command("policies")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--threads", "cpu_threads", type=int, default=None, help="torch CPU threads.")
+@click.option("--device", default=None, help="auto | cpu | cuda (default: auto).")
+@click.option("--compare/--no-compare", default=True, help="Compare with the shipped policies' scores.")
+def policies(out_dir, cpu_threads, device, compare):
+    """Retrain both shipped policies from scratch with the device's recipes (CPU: about an hour on 2 cores)."""
+    import time
+
+    start = time.perf_counter()
+    results = {}
+    for task in ("manager", "answer"):
+        results[task] = _run_stage(task, str(Path(out_dir) / task), None, False, cpu_threads=cpu_threads,
+                                   device=device)
+    click.echo(f"both stages: {time.perf_counter() - start:.0f}s")
+    if compare:
+        from memory_agent.policies import shipped_scores
+
+        shipped = shipped_scores()
+        for task, summary in results.items():
+            mine = (summary.get("val_after") or {}).get("all", {})
+            theirs = (shipped.get(task) or {}).get("all", {})
+            key = "reward" if task == "manager" else "f1"
+            click.echo(f"{task}: validation {key} {mine.get(key)} (shipped: {theirs.get(key)})")
+
+
+@train.command("score")
+@click.argument("task", type=click.Choice(["manager", "answer"]))
+@click.option("--policy", "policies", multiple=True, required=True,
+              help="Model spec to score (repeat to compare; 'untrained' = the embedded base model).")
+@click.option("--data", required=True, help="Held-out data spec (never the training data).")
+@click.option("--limit", type=int, default=None, help="At most N episodes (seeded sample).")
+@click.option("--embedder", type=click.Choice(["default", "minilm", "hashing"]), default="default")
+@click.option("--out", "out_file", type=click.Path(dir_okay=False), default=None, help="Write the reports as JSON.")
+def score(task, policies, data, limit, embedder, out_file):
+    """Greedy validation of policies on the same held-out episodes, with paired bootstrap intervals."""
+    from training.compare import score_policies
+
+    report = score_policies(task, list(policies), data, limit=limit, embedder=embedder)
+    text = json.dumps(report, indent=2, default=str)
+    if out_file:
+        Path(out_file).write_text(text)
+    click.echo(json.dumps(report["summary"], indent=2, default=str))
+
+
+@train.command("proxy")
+@click.option("--data", required=True, help="Held-out data spec (e.g. synthetic:8:7+locomo:val).")
+@click.option("--answer-model", default="default", help="The Answer Agent whose F1 the dense reward stands in for.")
+@click.option("--limit", type=int, default=40, show_default=True, help="At most N episodes.")
+@click.option("--embedder", type=click.Choice(["default", "minilm", "hashing"]), default="default")
+@click.option("--out", "out_file", type=click.Path(dir_okay=False), default=None, help="Write every pair as JSON.")
+def proxy(data, answer_model, limit, embedder, out_file):
+    """Is the dense manager reward faithful? Its rank correlation with the Answer Agent's F1."""
+    from training.proxy import proxy_check
+
+    report = proxy_check(data, answer_model=answer_model, limit=limit, embedder=embedder)
+    if out_file:
+        Path(out_file).write_text(json.dumps(report, indent=2, default=str))
+    click.echo(json.dumps(report["summary"], indent=2, default=str))

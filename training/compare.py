@@ -1,0 +1,70 @@
+"""Score several policies on the same held-out episodes, with paired bootstrap intervals.
+
+``memory-agent train score manager --policy untrained --policy runs/sft --policy runs/grpo
+--data synthetic:16:7`` validates each policy greedily (:mod:`training.validate`)
+on one set of episodes and compares each with the first by a paired bootstrap
+over episodes (:func:`eval.stats.paired_bootstrap`): the dense reward for the
+manager, F1 for the answer agent (and F1 on "now" questions).
+"""
+
+from __future__ import annotations
+
+import gc
+from typing import Any
+
+from eval.stats import paired_bootstrap
+from training.config import load_config
+from training.run import Resources, _sample, _validate, build_episodes, make_embedder
+
+__all__ = ["resolve_policy", "score_policies"]
+
+
+def resolve_policy(spec: str, task: str) -> str:
+    """``untrained`` -> the embedded base model; ``shipped`` -> the packaged adapter; else the spec."""
+    if spec == "untrained":
+        return "default"
+    if spec == "shipped":
+        from memory_agent.policies import shipped
+
+        path = shipped(task)
+        if path is None:
+            raise FileNotFoundError(f"no shipped {task} policy in this installation")
+        return str(path)
+    return spec
+
+
+def score_policies(task: str, policies: list[str], data: str, *, limit: int | None = None,
+                   embedder: str = "default", seed: int = 0) -> dict[str, Any]:
+    from memory_agent.llms import resolve_llm
+    from training.trainer import load_tokenizer, resolve_model_path
+
+    config = load_config(None, task=task, embedder=embedder, data=data, seed=seed)
+    res = Resources(embedder=make_embedder(embedder), tokenizer=load_tokenizer(resolve_model_path("default")))
+    episodes = _sample(build_episodes(config, data, res, what="held-out"), limit, seed)
+    reports = {}
+    for spec in policies:
+        llm = resolve_llm(resolve_policy(spec, task))
+        reports[spec] = _validate(config, llm, episodes, res)
+        del llm
+        gc.collect()
+    key = "reward" if task == "manager" else "f1"
+    summary: dict[str, Any] = {"task": task, "data": data, "episodes": len(episodes), "policies": {}}
+    first = policies[0]
+    for spec in policies:
+        block = reports[spec]["all"]
+        entry = {k: block.get(k) for k in ("reward", "valid_rate", "f1", "em", "edit_recall", "edit_precision",
+                                           "add_rate", "noop_rate", "ops") if k in block}
+        for source in ("synthetic", "locomo", "current"):
+            if source in reports[spec]:
+                entry[source] = {k: reports[spec][source].get(k) for k in ("reward", "f1", "edit_recall",
+                                 "edit_precision", "add_rate", "valid_rate") if k in reports[spec][source]}
+        if spec != first:
+            a = [r[key] for r in reports[first]["per_episode"]]
+            b = [r[key] for r in reports[spec]["per_episode"]]
+            entry[f"vs_{first}"] = paired_bootstrap(a, b, seed=seed)
+            if task == "answer":
+                cur = [i for i, r in enumerate(reports[spec]["per_episode"]) if "current" in r["tags"]]
+                if cur:
+                    entry[f"vs_{first}_current"] = paired_bootstrap([a[i] for i in cur], [b[i] for i in cur], seed=seed)
+        summary["policies"][spec] = entry
+    return {"summary": summary, "reports": reports}
