@@ -26,11 +26,12 @@ from typing import Any
 import numpy as np
 
 from memory_store.embedders import Embedder
-from memory_store.errors import EmbeddingDimensionMismatch, InvalidInput, MemoryNotFound, StoreError
+from memory_store.errors import EmbeddingDimensionMismatch, MemoryNotFound, StoreError
 from memory_store.index import VectorIndex
-from memory_store.records import Add, AppliedOp, Delete, HistoryEntry, MemoryRecord, SearchHit, Update
+from memory_store.records import AppliedOp, HistoryEntry, MemoryRecord, SearchHit
+from memory_store.plans import plan_add_many, plan_apply
 from memory_store.validation import (
-    check_filter, check_id, check_k, check_label, check_metadata, check_ops, check_text, check_timestamp,
+    check_filter, check_id, check_k, check_label, check_text, check_timestamp,
     check_user, check_vectors, matches_filter,
 )
 
@@ -114,22 +115,11 @@ class InMemoryStore:
                  timestamps: Sequence[str | None] | None = None, actor: str = "user",
                  source: str | None = None) -> list[int]:
         """Add many memories at once (all or none); ids in input order."""
-        user_id = check_user(user_id)
-        if isinstance(texts, str):
-            raise InvalidInput("add_many() takes a sequence of texts, not a string")
-        texts = [check_text(t) for t in texts]
-        n = len(texts)
-        metas = [check_metadata(m) for m in (metadatas if metadatas is not None else [None] * n)]
-        stamps = [check_timestamp(t) for t in timestamps] if timestamps is not None else [check_timestamp(None)] * n
-        if len(metas) != n or len(stamps) != n:
-            raise InvalidInput("metadatas/timestamps must have one entry per text")
-        actor = check_label(actor, "actor", optional=False)
-        source = check_label(source, "source", optional=True)
-        if n == 0:
+        planned = plan_add_many(texts, user_id, embeddings=embeddings, metadatas=metadatas, timestamps=timestamps,
+                                actor=actor, source=source, embed=self._embed, dim=self.dim)
+        if planned is None:
             return []
-        vecs = check_vectors(embeddings, n, self.dim) if embeddings is not None else self._embed(texts)
-        plan = [("ADD", t, m, v, s) for t, m, v, s in zip(texts, metas, vecs, stamps)]
-        return [a.id for a in self._commit(user_id, plan, actor, source, stamps[0])]
+        return [a.id for a in self._commit(*planned)]
 
     def update(self, memory_id: int, text: str, user_id: str, *, timestamp: str | None = None,
                actor: str = "user", source: str | None = None) -> MemoryRecord:
@@ -153,22 +143,8 @@ class InMemoryStore:
     def apply(self, ops: Sequence[Any], user_id: str, *, actor: str = "agent", source: str | None = None,
               timestamp: str | None = None) -> list[AppliedOp]:
         """Apply a batch of Add/Update/Delete/Noop at once: all land or none (as ``MemoryStore.apply``)."""
-        user_id = check_user(user_id)
-        ts = check_timestamp(timestamp)
-        actor, source = check_label(actor, "actor", optional=False), check_label(source, "source", optional=True)
-        parsed, texts = check_ops(ops, user_id)
-        vecs = iter(self._embed(texts)) if texts else iter(())
-        plan: list[tuple] = []
-        for op in parsed:
-            if isinstance(op, Add):
-                plan.append(("ADD", op.text, check_metadata(op.metadata), next(vecs), ts))
-            elif isinstance(op, Update):
-                plan.append(("UPDATE", op.id, op.text, next(vecs)))
-            elif isinstance(op, Delete):
-                plan.append(("DELETE", op.id))
-            else:
-                plan.append(("NOOP",))
-        return self._commit(user_id, plan, actor, source, ts)
+        return self._commit(*plan_apply(ops, user_id, actor=actor, source=source, timestamp=timestamp,
+                                        embed=self._embed))
 
     def _commit(self, user_id: str, plan: list[tuple], actor: str, source: str | None, ts: str) -> list[AppliedOp]:
         """Check every id first (nothing changes on a raise), then apply the plan."""

@@ -89,8 +89,6 @@ def test_single_method_writes_every_file(tmp_path, data_file, models):
 
     assert all(r["prediction"] == "Lyon" for r in rows)
     assert all(r["f1_mem0"] == token_f1("Lyon", r["gold"]) for r in rows)
-    from eval.scoring import answer_recall
-
     assert all(r["answer_recall"] is None or 0 <= r["answer_recall"] <= 1 for r in rows)
     assert 0 <= summary["answer_recall"]["overall"] <= 100  # rag shows turns: the gold is often among them
     assert (out / "by_category.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

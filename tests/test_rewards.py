@@ -8,7 +8,7 @@ from data.synthetic import generate_dataset
 from eval.scoring import MISSING_MARKER_PENALTY, QUOTE_BONUS, AnswerScore, answer_reward
 from training.episodes import GoldReplay, answer_episodes, manager_episodes
 from training.rewards import (
-    DUPLICATE_PENALTY, INVALID_REWARD, STALE_PENALTY, AnswerReward, ManagerReward, ManagerScorer, RewardStats,
+    DUPLICATE_PENALTY, GUARD_PENALTY, INVALID_REWARD, LOSS_PENALTY, STALE_PENALTY, AnswerReward, ManagerReward, ManagerScorer, RewardStats,
     completion_text, shuffled_within_groups,
 )
 
@@ -42,7 +42,7 @@ def test_superseded_value_is_penalised(episodes):
     assert gold.valid and stale_add.valid and noop.valid
     assert gold.stale == 0 and stale_add.stale > 0 and noop.stale > 0
     assert stale_add.recall == pytest.approx(gold.recall)  # the same content is retrievable...
-    assert stale_add.reward == pytest.approx(gold.reward - STALE_PENALTY * stale_add.stale)  # ...but it is stale
+    assert stale_add.reward == pytest.approx(stale_add.recall - STALE_PENALTY * stale_add.stale)  # ...but stale
     assert gold.reward > stale_add.reward > noop.reward > INVALID_REWARD
 
 
@@ -70,6 +70,22 @@ def test_destroying_another_questions_answer_is_penalised(episodes):
                 assert add.guard == 0 and add.reward > s.reward
                 return
     pytest.fail("no destructive update found in the episodes")
+
+
+def test_overwriting_a_memory_costs_the_content_it_destroys(episodes):
+    """UPDATE of an unrelated memory with a new fact: retrievable, but what the old memory said is gone."""
+    e = _first(episodes, "new", lambda e: len(e.hits) >= 2 and e.questions)
+    scorer = ManagerScorer()
+    add = scorer.score(e, e.target())
+    for i in range(len(e.hits)):
+        over = scorer.score(e, f"UPDATE {i}: {e.item.facts[0]}")
+        if over.valid:
+            assert over.lost > 0 and add.lost == 0
+            assert over.reward == pytest.approx(max(-0.9, (over.recall or 0) - LOSS_PENALTY * over.lost
+                                                    - GUARD_PENALTY * over.guard))
+            assert add.reward > over.reward
+            return
+    pytest.fail("no valid overwrite in the episode")
 
 
 def test_add_beats_noop_for_a_new_linked_fact(episodes):

@@ -26,7 +26,7 @@ the prompt and an ``episode_id``, and the rewards look the episode up.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -53,6 +53,7 @@ __all__ = [
     "manager_episodes",
     "answer_episodes",
     "split_episodes",
+    "balanced",
     "to_dataset",
 ]
 
@@ -329,6 +330,37 @@ def split_episodes(episodes: Sequence[Any], n_first: int, seed: int = 0) -> tupl
     first = sorted(order[:n_first])
     rest = sorted(order[n_first:])
     return [episodes[i] for i in first], [episodes[i] for i in rest]
+
+
+#: Shares of the decision kinds in the cold start and the GRPO prompts: a new fact stays the most
+#: common decision (ADD), without drowning the rare ones (UPDATE/DELETE, NOOP).
+KIND_WEIGHTS = {"new": 2, "change": 1, "repeat": 1}
+
+
+def balanced(episodes: Sequence[Any], n: int | None = None, seed: int = 0, share: float = 1.0) -> list[Any]:
+    """Up to ``n`` episodes with the kinds (new / change / repeat) in the shares of :data:`KIND_WEIGHTS`
+    where the data allows, taking at most ``share`` of each kind (so a later split still has every kind).
+
+    Why: in a conversation most turns bring a new fact, so a uniform sample
+    teaches "always ADD" (the first CPU run's manager ADDed on every held-out
+    change turn), while equal shares taught UPDATE where a fact was new (the
+    second run). Answer episodes have no kind and are sampled uniformly.
+    """
+    rng = random.Random(seed)
+    groups: dict[str, list[Any]] = {}
+    for e in episodes:
+        groups.setdefault(getattr(e, "kind", "new"), []).append(e)
+    for kind, group in groups.items():
+        rng.shuffle(group)
+        groups[kind] = group[: max(1, int(len(group) * share))]
+    n = min(len(episodes) if n is None else n, sum(len(g) for g in groups.values()))
+    chosen: list[Any] = []
+    while len(chosen) < n:  # weighted round robin over the kinds, each until it runs out
+        for kind in sorted(groups):
+            for _ in range(KIND_WEIGHTS.get(kind, 1)):
+                if groups[kind] and len(chosen) < n:
+                    chosen.append(groups[kind].pop())
+    return sorted(chosen, key=lambda e: e.id)
 
 
 def to_dataset(episodes: Sequence[ManagerEpisode | AnswerEpisode]):

@@ -17,6 +17,10 @@ budget (:meth:`AnswerAgent.prompt`, the product's k and embedder):
   questions that are still shown a superseded value,
 * minus :data:`GUARD_PENALTY` times the recall that other questions lose
   because an UPDATE/DELETE changed a memory holding their answer,
+* minus :data:`LOSS_PENALTY` times the share of an UPDATEd/DELETEd memory's
+  content that no memory states any more (information destroyed: without it,
+  overwriting a memory no known question asks about would cost nothing, and
+  the second CPU run's manager learned to UPDATE instead of ADD on LoCoMo),
 * minus :data:`DUPLICATE_PENALTY` per ADD of a fact already shown,
 * floored at :data:`VALID_FLOOR`, so a valid decision always beats an invalid one.
 
@@ -56,6 +60,7 @@ __all__ = [
     "INVALID_REWARD",
     "STALE_PENALTY",
     "GUARD_PENALTY",
+    "LOSS_PENALTY",
     "DUPLICATE_PENALTY",
     "VALID_FLOOR",
     "completion_text",
@@ -70,6 +75,7 @@ __all__ = [
 INVALID_REWARD = -1.0
 STALE_PENALTY = 0.5
 GUARD_PENALTY = 0.5
+LOSS_PENALTY = 0.5
 DUPLICATE_PENALTY = 0.1
 VALID_FLOOR = -0.9
 
@@ -143,6 +149,7 @@ class ManagerScore:
     recall: float | None = None
     stale: float | None = None
     guard: float = 0.0
+    lost: float = 0.0  # mean share of the changed memories' content gone from the bank
     duplicates: int = 0
     error: str | None = None
 
@@ -154,6 +161,7 @@ class ManagerScorer:
     count_tokens: Callable[[str], int] | None = None  # the Answer Agent's token counter (its budget)
     stale_penalty: float = STALE_PENALTY
     guard_penalty: float = GUARD_PENALTY
+    loss_penalty: float = LOSS_PENALTY
     duplicate_penalty: float = DUPLICATE_PENALTY
     _before: dict[tuple[int, str], float | None] = field(default_factory=dict, repr=False)
 
@@ -188,13 +196,16 @@ class ManagerScorer:
                 recalls.append(r)
             if qa.superseded_values:
                 stale.append(float(states_superseded(qa.superseded_values, qa.current_values, shown)))
-        guard = self._guard_loss(episode, after, [a for a in applied if a.op in ("UPDATE", "DELETE")])
+        changed = [a for a in applied if a.op in ("UPDATE", "DELETE")]
+        guard = self._guard_loss(episode, after, changed)
+        lost = _lost_content(changed, after, episode.user_id)
         dups = sum(_duplicate(op.text, episode.hits) for op in ops if isinstance(op, AddOp))
         recall = statistics.fmean(recalls) if recalls else None
         stale_share = statistics.fmean(stale) if stale else None
         reward = ((recall or 0.0) - self.stale_penalty * (stale_share or 0.0) - self.guard_penalty * guard
-                  - self.duplicate_penalty * dups)
-        return ManagerScore(max(VALID_FLOOR, min(1.0, reward)), True, kinds, edits, recall, stale_share, guard, dups)
+                  - self.loss_penalty * lost - self.duplicate_penalty * dups)
+        return ManagerScore(max(VALID_FLOOR, min(1.0, reward)), True, kinds, edits, recall, stale_share, guard,
+                            lost, dups)
 
     def _guard_loss(self, episode: ManagerEpisode, after: Any, changed: Sequence[Any]) -> float:
         """Mean recall lost by the other questions whose answer was in a changed memory."""
@@ -213,6 +224,21 @@ class ManagerScorer:
             now = answer_recall(qa.answer, self.shown(after, episode.user_id, qa.question)) or 0.0
             losses.append(max(0.0, before - now))
         return statistics.fmean(losses) if losses else 0.0
+
+
+def _lost_content(changed: Sequence[Any], after: Any, user_id: str) -> float:
+    """Mean share of each UPDATEd/DELETEd memory's content stems that no memory of the bank states any more."""
+    if not changed:
+        return 0.0
+    kept: set[str] = set()
+    for record in after.list(user_id):
+        kept |= content_stems(record.text)
+    shares = []
+    for a in changed:
+        old = content_stems(a.old_text or "")
+        if old:
+            shares.append(len(old - kept) / len(old))
+    return statistics.fmean(shares) if shares else 0.0
 
 
 def _duplicate(text: str, hits: Sequence[Any]) -> bool:
@@ -250,6 +276,7 @@ class ManagerReward:
             scores.append(s)
             self.stats.record(s.valid, text, **{f"ops_{k.lower()}": float(k in s.ops) for k in ("ADD", "UPDATE", "DELETE", "NOOP")},
                               recall=s.recall, stale=s.stale, guard=s.guard if s.valid else None,
+                              lost=s.lost if s.valid else None,
                               duplicates=s.duplicates if s.valid else None)
         self.last_scores = scores
         _log(kwargs, self.__name__, {"valid_rate": sum(s.valid for s in scores) / max(1, len(scores))})

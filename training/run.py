@@ -37,7 +37,7 @@ from memory_agent.errors import ConfigError, InvalidModelOutput
 from memory_agent.manager import MemoryManager
 from training.config import MemoryGRPOConfig
 from training.episodes import (
-    REPLAYS, answer_episodes, check_not_dev, load_conversations, manager_episodes, split_episodes, to_dataset,
+    REPLAYS, answer_episodes, balanced, check_not_dev, load_conversations, manager_episodes, to_dataset,
 )
 from training.rewards import AnswerReward, ManagerReward, ManagerScorer, RewardStats, shuffled_within_groups
 from training.validate import validate_answer, validate_manager
@@ -268,10 +268,10 @@ def train(config: MemoryGRPOConfig, out_dir: str | Path, *, resources: Resources
     sft_episodes: list[Any] = []
     if config.cold_start:
         eligible = [e for e in episodes if config.task == "answer" or e.gold is not None]
-        sft_episodes, _ = split_episodes(eligible, config.cold_start_examples, seed=config.seed)
+        sft_episodes = balanced(eligible, config.cold_start_examples, seed=config.seed, share=0.5)
         taken = {e.id for e in sft_episodes}
         episodes = [e for e in episodes if e.id not in taken]  # GRPO prompts disjoint from SFT prompts
-    episodes = _sample(episodes, config.max_episodes, config.seed)
+    episodes = balanced(episodes, config.max_episodes, seed=config.seed + 1)
     summary.update(episodes=len(episodes), sft_episodes=len(sft_episodes), val_episodes=len(val_episodes))
     if val_episodes:
         summary["val_before"] = _validate(config, _load(res, config, base), val_episodes, res)

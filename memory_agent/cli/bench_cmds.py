@@ -16,6 +16,7 @@ BENCHMARKS: dict[str, str] = {
     "store": "memory_agent.cli.bench_store:store",
     "ingest": "memory_agent.cli.bench_ingest:ingest",
     "rlm": "memory_agent.cli.bench_rlm:rlm_bench",
+    "train-step": "memory_agent.cli.bench_train:train_step",
 }
 
 
@@ -25,4 +26,4 @@ class _BenchGroup(LazyGroup):
 
 @click.group(cls=_BenchGroup)
 def bench() -> None:
-    """Benchmarks (store, ingest, rlm); each prints one JSON object with --json."""
+    """Benchmarks (store, ingest, rlm, train-step); each prints one JSON object with --json."""

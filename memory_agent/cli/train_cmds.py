@@ -74,6 +74,7 @@ def _run_stage(task: str, out_dir: str, config_file: str | None, as_json: bool, 
     device = fields.get("device") or "auto"
     recipe = config_file or default_recipe(task, device)
     config = load_config(recipe, task=task, output_dir=str(Path(out_dir) / "_trainer"), **fields)
+    _scale_short_run(config, load_config(recipe, task=task, output_dir=config.output_dir), fields)
     click.echo(f"train {task}: recipe {Path(recipe).name}, device {config.target_device}, data {config.data}, "
                f"{config.max_steps} GRPO steps x {config.num_generations} samples", err=True)
     summary = run_train(config, out_dir)
@@ -82,6 +83,29 @@ def _run_stage(task: str, out_dir: str, config_file: str | None, as_json: bool, 
     else:
         _print_summary(task, out_dir, summary)
     return summary
+
+
+def _scale_short_run(config: Any, recipe: Any, fields: dict[str, Any]) -> None:
+    """A run asked for fewer GRPO steps than its recipe (a smoke run) gets a cold start and a
+    validation in proportion, unless those were given too: 8 SFT examples, 4 validation
+    episodes and one gate prompt per GRPO step. Otherwise a 2-step try of the CPU recipe spends most of its time on
+    the full cold start (minutes on a 2-core CPU) instead of the steps asked for."""
+    steps = fields.get("max_steps")
+    if not steps or steps >= recipe.max_steps:
+        return
+    scaled = []
+    if fields.get("cold_start_examples") is None and config.cold_start_examples > 8 * steps:
+        config.cold_start_examples = 8 * steps
+        scaled.append(f"cold start {config.cold_start_examples} examples")
+    if fields.get("val_limit") is None and config.val_limit > 4 * steps:
+        config.val_limit = 4 * steps
+        scaled.append(f"validation {config.val_limit} episodes")
+    if config.gate_prompts > max(2, steps):
+        config.gate_prompts = max(2, steps)
+        scaled.append(f"gate {config.gate_prompts} prompts")
+    if scaled:
+        click.echo(f"short run ({steps} of the recipe's {recipe.max_steps} steps): " + ", ".join(scaled)
+                   + " (--cold-start-examples / --val-limit to override)", err=True)
 
 
 def _print_summary(task: str, out_dir: str, summary: dict[str, Any]) -> None:
@@ -170,3 +194,29 @@ def proxy(data, answer_model, limit, embedder, out_file):
     if out_file:
         Path(out_file).write_text(json.dumps(report, indent=2, default=str))
     click.echo(json.dumps(report["summary"], indent=2, default=str))
+
+
+@train.command("ship")
+@click.option("--from", "source", required=True, type=click.Path(file_okay=False, exists=True),
+              help="A folder with manager/ and answer/ runs (what `train policies --out` writes).")
+def ship(source):
+    """Install a trained pair as the package's default policies (for maintainers; writes memory_agent/policies/)."""
+    import shutil
+
+    from memory_agent.policies import POLICY_DIR, ROLES
+
+    scores = {}
+    for role in ROLES:
+        run = Path(source) / role
+        summary = json.loads((run / "train_summary.json").read_text())
+        target = POLICY_DIR / role
+        target.mkdir(exist_ok=True)
+        for name in ("adapter_config.json", "adapter_model.safetensors"):
+            shutil.copyfile(run / name, target / name)
+        scores[role] = {"val": summary.get("val"), "data": summary.get("data"), "steps": summary.get("steps"),
+                        "total_seconds": summary.get("total_seconds"), "config": summary.get("config"),
+                        **{k: {b: v for b, v in (summary.get(k) or {}).items() if b != "per_episode" and b != "examples"}
+                           for k in ("val_before", "val_after_cold_start", "val_after")}}
+        scores[role]["all"] = (summary.get("val_after") or {}).get("all", {})
+    (POLICY_DIR / "scores.json").write_text(json.dumps(scores, indent=2, default=str) + "\n")
+    click.echo(f"installed {', '.join(ROLES)} from {source} into {POLICY_DIR}")
