@@ -286,6 +286,28 @@ def _short_model(spec: str) -> str:
     return "/".join(parts[-2:]) or spec
 
 
+def paired_differences(run_dirs: Sequence[Path], f1_kind: str) -> list[dict[str, Any] | None]:
+    """Per run after the first: the paired bootstrap of its per-question F1 minus the first run's,
+    over all shared questions and over the "now" (``current``-tagged) ones; None without shared questions."""
+    from eval.stats import paired_bootstrap
+
+    key = f"f1_{f1_kind}"
+    rows = [{(r["sample_id"], r["qid"]): r for r in read_rows(Path(d) / "predictions.jsonl")} for d in run_dirs]
+    out: list[dict[str, Any] | None] = []
+    for other in rows[1:]:
+        shared = [q for q in rows[0] if q in other]
+        if not shared:
+            out.append(None)
+            continue
+        result: dict[str, Any] = {"all": paired_bootstrap([rows[0][q][key] for q in shared],
+                                                          [other[q][key] for q in shared])}
+        now = [q for q in shared if "current" in rows[0][q].get("tags", [])]
+        if now:
+            result["current"] = paired_bootstrap([rows[0][q][key] for q in now], [other[q][key] for q in now])
+        out.append(result)
+    return out
+
+
 def write_compare(run_dirs: Sequence[Path], out: Path, *, f1_kind: str | None = None, metric: str = "f1") -> Path:
     """``compare.md`` + ``compare.png`` (methods side by side per category) in ``out``.
 
@@ -306,12 +328,23 @@ def write_compare(run_dirs: Sequence[Path], out: Path, *, f1_kind: str | None = 
                       + [s["latency_ms"]["answer_p50"], s["context_tokens_mean"]] for lab, s in zip(labels, runs)])
     per_cat = _table(["run"] + cats,
                      [[lab] + [s["by_category"].get(c, {}).get(metric) for c in cats] for lab, s in zip(labels, runs)])
+    paired = paired_differences(run_dirs, kind)
+    paired_table = _table(
+        ["run", "vs", "questions", "F1 diff", "95% interval", "'now' questions", "'now' F1 diff", "'now' 95% interval"],
+        [[labels[i + 1], labels[0], p["all"]["n"], 100 * p["all"]["diff"],
+          f"[{100 * p['all']['low']:.2f}, {100 * p['all']['high']:.2f}]",
+          p["current"]["n"] if p.get("current") else 0,
+          100 * p["current"]["diff"] if p.get("current") else None,
+          f"[{100 * p['current']['low']:.2f}, {100 * p['current']['high']:.2f}]" if p.get("current") else "-"]
+         for i, p in enumerate(paired) if p is not None])
     text = "\n".join([
         "# Comparison", "", f"F1 = {kind}. Scores in percent. Runs: " + ", ".join(f"`{d}`" for d in run_dirs), "",
         "## Overall", "", overall, "", f"## {_LABELS.get(metric, metric)} by category", "", per_cat, "",
+        "## Paired differences (bootstrap over the questions both runs answered)", "", paired_table, "",
     ])
     (out / "compare.md").write_text(text, encoding="utf-8")
-    (out / "compare.json").write_text(json.dumps({"f1_kind": kind, "runs": runs}, indent=2) + "\n", encoding="utf-8")
+    (out / "compare.json").write_text(json.dumps({"f1_kind": kind, "runs": runs, "paired": paired}, indent=2) + "\n",
+                                      encoding="utf-8")
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(max(6, 1.8 * len(cats) + 2), 4))
     width = 0.8 / len(runs)

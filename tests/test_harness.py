@@ -168,6 +168,12 @@ def test_several_methods_and_compare(tmp_path, data_file, models):
     assert "rag (scripted)" in res.output
     combined = json.loads((cmp_dir / "compare.json").read_text())
     assert combined["f1_kind"] == "mem0" and [r["method"] for r in combined["runs"]] == ["rag", "full-context"]
+    (paired,) = combined["paired"]  # the second run against the first, question by question
+    rag = {(r["sample_id"], r["qid"]): r["f1_mem0"] for r in map(json.loads, (out / "rag" / "predictions.jsonl").open())}
+    full = {(r["sample_id"], r["qid"]): r["f1_mem0"] for r in map(json.loads, (out / "full-context" / "predictions.jsonl").open())}
+    assert paired["all"]["n"] == 5 and paired["all"]["diff"] == pytest.approx(sum(full[q] - rag[q] for q in rag) / 5)
+    assert paired["all"]["low"] <= paired["all"]["diff"] <= paired["all"]["high"]
+    assert "Paired differences" in (cmp_dir / "compare.md").read_text()
     assert (cmp_dir / "compare.png").read_bytes()[:4] == b"\x89PNG"
     # the run subcommand is the same as options on the group
     _cli("run", "--data", data_file, "--method", "rag", "--out", tmp_path / "r2", "--model", "scripted",

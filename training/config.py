@@ -78,6 +78,8 @@ class MemoryGRPOConfig(GRPOConfig):
     cold_start_epochs: float = field(default=1.0, metadata={"help": "Passes over the SFT examples (<= 1 advised)."})
     cold_start_learning_rate: float = field(default=2e-4)
     cold_start_batch_size: int = field(default=4)
+    validate_cold_start: bool = field(default=True, metadata={
+        "help": "Validate after the cold start too (costly for the Answer Agent's long prompts on a CPU)."})
     gate_prompts: int = field(default=8, metadata={"help": "Held-out prompts sampled for the gate before GRPO."})
     gate_min_valid_rate: float = field(default=0.5, metadata={"help": "Gate: share of valid samples needed."})
     gate_min_distinct: float = field(default=1.5, metadata={"help": "Gate: distinct decisions per group needed."})

@@ -204,7 +204,8 @@ def _cold_start(config, base, out, sft_episodes, val_episodes, res, summary) -> 
     summary["cold_start"] = {**info, "seconds": round(time.perf_counter() - t0, 1), "checkpoint": str(adapter)}
     if val_episodes:
         llm = _load(res, config, adapter)
-        summary["val_after_cold_start"] = _validate(config, llm, val_episodes, res)
+        if config.validate_cold_start:
+            summary["val_after_cold_start"] = _validate(config, llm, val_episodes, res)
         summary["gate"] = _gate_and_adjust(config, llm, val_episodes)
         del llm
         gc.collect()
