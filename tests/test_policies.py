@@ -37,11 +37,11 @@ def test_memory_uses_the_shipped_policies_unless_untrained(tmp_path, embedder):
 
     store = MemoryStore(tmp_path / "s", embedder=embedder)
     mem = Memory(store)
-    trained = Memory(store, policy=None)
+    untrained = Memory(store, policy=None)
     if shipped("manager") is not None:
         assert mem._specs["manager"] == str(shipped("manager")) and mem._specs["answer"] == str(shipped("answer"))
     assert mem._specs["extract"] == "default"  # extraction always runs the base model
-    assert trained._specs == {"extract": "default", "manager": "default", "answer": "default"}
+    assert untrained._specs == {"extract": "default", "manager": "default", "answer": "default"}
     store.close()
 
 

@@ -28,7 +28,9 @@ def resolve_policy(spec: str, task: str) -> str:
 
         path = shipped(task)
         if path is None:
-            raise FileNotFoundError(f"no shipped {task} policy in this installation")
+            from memory_agent.errors import ConfigError
+
+            raise ConfigError(f"no shipped {task} policy in this installation")
         return str(path)
     return spec
 

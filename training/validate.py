@@ -21,11 +21,15 @@ Manager reports add what a reward mean hides:
 from __future__ import annotations
 
 import statistics
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from typing import Any
+
+from tqdm import tqdm
 
 from eval.scoring import answer_reward, score_answer_reply
 from memory_agent.answer import AnswerAgent
+from memory_agent.defaults import WAVE_SIZE
 from memory_agent.manager import MemoryManager
 from memory_agent.operations import DeleteOp, UpdateOp
 from training.episodes import AnswerEpisode, ManagerEpisode
@@ -36,6 +40,17 @@ __all__ = ["manager_report", "validate_manager", "answer_report", "validate_answ
 
 def source_of(conversation_id: str) -> str:
     return "synthetic" if conversation_id.startswith("synthetic") else "locomo"
+
+
+def _in_waves(ask: Callable[[list[Any]], list[str]], prompts: Sequence[Any], desc: str) -> list[str]:
+    """``ask`` over ``prompts`` one generation wave at a time, with a progress bar (validation is long on a CPU)."""
+    replies: list[str] = []
+    with tqdm(total=len(prompts), desc=desc, unit="prompt", file=sys.stderr, dynamic_ncols=True) as bar:
+        for start in range(0, len(prompts), WAVE_SIZE):
+            wave = list(prompts[start : start + WAVE_SIZE])
+            replies.extend(ask(wave))
+            bar.update(len(wave))
+    return replies
 
 
 def _mean(values: Sequence[float]) -> float | None:
@@ -94,7 +109,7 @@ def validate_manager(llm: Any, episodes: Sequence[ManagerEpisode], scorer: Manag
     """Greedy decisions of ``llm`` on ``episodes``, scored by the dense manager reward."""
     if not episodes:
         return {"all": {"n": 0}}
-    replies = MemoryManager(llm, None).ask([(e.item, e.hits) for e in episodes])
+    replies = _in_waves(MemoryManager(llm, None).ask, [(e.item, e.hits) for e in episodes], "validation (manager)")
     scores = [scorer.score(e, r) for e, r in zip(episodes, replies)]
     return manager_report(episodes, scores, replies)
 
@@ -127,5 +142,5 @@ def validate_answer(llm: Any, episodes: Sequence[AnswerEpisode], metric: str = "
     """Greedy replies of ``llm`` to the episodes' prompts, read and scored as the product reads them."""
     if not episodes:
         return {"all": {"n": 0}}
-    replies = AnswerAgent(llm, None).ask([e.messages for e in episodes])
+    replies = _in_waves(AnswerAgent(llm, None).ask, [e.messages for e in episodes], "validation (answer)")
     return answer_report(episodes, replies, metric)
