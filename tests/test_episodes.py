@@ -11,7 +11,7 @@ from memory_agent.errors import ConfigError
 from memory_agent.manager import MemoryManager
 from memory_agent.operations import AddOp, DeleteOp, NoopOp, UpdateOp
 from training.episodes import (
-    GoldReplay, TurnsReplay, answer_episodes, check_not_dev, load_conversations, manager_episodes, split_episodes,
+    GoldReplay, TurnsReplay, answer_episodes, balanced, check_not_dev, load_conversations, manager_episodes, split_episodes,
     to_dataset,
 )
 
@@ -116,6 +116,20 @@ def test_split_is_disjoint_and_seeded(episodes):
     assert not {e.id for e in a} & {e.id for e in b}
     assert [e.id for e in a] == [e.id for e in split_episodes(episodes, 10, seed=3)[0]]
     assert [e.id for e in a] != [e.id for e in split_episodes(episodes, 10, seed=4)[0]]
+
+
+def test_balanced_follows_the_kind_weights(episodes):
+    from collections import Counter
+
+    kinds = Counter(e.kind for e in episodes)
+    n = 2 * min(kinds["new"], kinds["change"])
+    even = Counter(e.kind for e in balanced(episodes, n, weights={"new": 1, "change": 1, "repeat": 0}))
+    assert even == {"new": n // 2, "change": n // 2}
+    skewed = Counter(e.kind for e in balanced(episodes, 8, weights={"new": 3, "change": 1, "repeat": 0}))
+    assert skewed == {"new": 6, "change": 2}
+    assert {e.kind for e in balanced(episodes, len(episodes), weights={"new": 1, "change": 0, "repeat": 0})} == {"new"}
+    half = balanced(episodes, None, share=0.5)
+    assert all(c <= max(1, kinds[k] // 2) for k, c in Counter(e.kind for e in half).items())
 
 
 def test_dataset_rows(episodes):

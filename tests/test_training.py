@@ -246,8 +246,23 @@ def test_config_recipes_and_defaults(tmp_path):
         cfg = load_config(name, device="cpu", use_vllm=False, output_dir=str(tmp_path))  # every field is valid
         assert cfg.lora_r == 64
     for bad in ({"bogus": 1}, {"task": "judge"}, {"reward_metric": "bleu"}, {"bank_source": "x"},
-                {"cold_start_epochs": 0}):
+                {"cold_start_epochs": 0}, {"kind_weights": {"neww": 1}}, {"kind_weights": {"new": -1}}):
         with pytest.raises(ConfigError):
             load_config(None, device="cpu", **bad)
     with pytest.raises(ConfigError, match="recipes"):
         load_config(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize("result,temperature,expected", [
+    ({"passed": True, "valid_rate": 0.9, "distinct_per_group": 3}, 1.0, None),
+    ({"passed": False, "valid_rate": 0.9, "distinct_per_group": 1.0}, 1.0, 1.2),  # no spread: hotter
+    ({"passed": False, "valid_rate": 0.9, "distinct_per_group": 1.0}, 1.4, None),  # no hotter than the cap
+    ({"passed": False, "valid_rate": 0.3, "distinct_per_group": 4.5}, 1.0, 0.8),  # spread, few valid: cooler
+    ({"passed": False, "valid_rate": 0.3, "distinct_per_group": 4.5}, 0.6, None),  # no cooler than the floor
+])
+def test_gate_moves_the_temperature_the_right_way(result, temperature, expected):
+    from training.config import load_config
+    from training.run import _next_temperature
+
+    config = load_config(None, device="cpu", gate_min_valid_rate=0.5, gate_min_distinct=1.5)
+    assert _next_temperature(config, result, temperature) == expected

@@ -28,6 +28,7 @@ from trl import GRPOConfig
 
 from memory_agent.defaults import ANSWER_MAX_NEW_TOKENS, MANAGER_MAX_NEW_TOKENS, MANAGER_STOP
 from memory_agent.errors import ConfigError
+from training.episodes import KIND_WEIGHTS
 
 __all__ = ["MemoryGRPOConfig", "TASKS", "EXTRA_FIELDS", "BANK_SOURCES", "load_config", "read_recipe",
            "default_recipe", "resolve_device", "RECIPES_DIR"]
@@ -62,6 +63,9 @@ class MemoryGRPOConfig(GRPOConfig):
     max_episodes: int | None = field(default=None, metadata={
         "help": "At most N GRPO episodes (seeded; decision kinds new/change/repeat in equal shares where possible)."})
     val_limit: int = field(default=64, metadata={"help": "At most N validation episodes (seeded sample)."})
+    kind_weights: dict[str, int] = field(default_factory=lambda: dict(KIND_WEIGHTS), metadata={
+        "help": "Shares of the manager's decision kinds (new / change / repeat) in the cold start and the GRPO "
+                "prompts, where the data allows."})
 
     # -- LoRA --------------------------------------------------------------------------
     lora_r: int = field(default=8)
@@ -95,6 +99,10 @@ class MemoryGRPOConfig(GRPOConfig):
             raise ConfigError(f"bank_source must be one of {BANK_SOURCES}, got {self.bank_source!r}")
         if self.embedder not in EMBEDDERS:
             raise ConfigError(f"embedder must be one of {EMBEDDERS}, got {self.embedder!r}")
+        if set(self.kind_weights) - set(KIND_WEIGHTS) or any(
+                not isinstance(w, int) or w < 0 for w in self.kind_weights.values()):
+            raise ConfigError(f"kind_weights takes {sorted(KIND_WEIGHTS)} with whole numbers >= 0, "
+                              f"got {self.kind_weights!r}")
         if not 0 < self.cold_start_epochs <= 4:
             raise ConfigError(f"cold_start_epochs must be in (0, 4], got {self.cold_start_epochs}")
         super().__post_init__()

@@ -337,27 +337,32 @@ def split_episodes(episodes: Sequence[Any], n_first: int, seed: int = 0) -> tupl
 KIND_WEIGHTS = {"new": 2, "change": 1, "repeat": 1}
 
 
-def balanced(episodes: Sequence[Any], n: int | None = None, seed: int = 0, share: float = 1.0) -> list[Any]:
-    """Up to ``n`` episodes with the kinds (new / change / repeat) in the shares of :data:`KIND_WEIGHTS`
-    where the data allows, taking at most ``share`` of each kind (so a later split still has every kind).
+def balanced(episodes: Sequence[Any], n: int | None = None, seed: int = 0, share: float = 1.0,
+             weights: dict[str, int] | None = None) -> list[Any]:
+    """Up to ``n`` episodes with the kinds (new / change / repeat) in the shares of ``weights``
+    (default :data:`KIND_WEIGHTS`) where the data allows, taking at most ``share`` of each kind (so a
+    later split still has every kind).
 
     Why: in a conversation most turns bring a new fact, so a uniform sample
     teaches "always ADD" (the first CPU run's manager ADDed on every held-out
     change turn), while equal shares taught UPDATE where a fact was new (the
-    second run). Answer episodes have no kind and are sampled uniformly.
+    second run). A kind weighted 0 is left out. Answer episodes have no kind
+    and are sampled uniformly.
     """
+    weights = KIND_WEIGHTS if weights is None else weights
     rng = random.Random(seed)
     groups: dict[str, list[Any]] = {}
     for e in episodes:
         groups.setdefault(getattr(e, "kind", "new"), []).append(e)
     for kind, group in groups.items():
         rng.shuffle(group)
-        groups[kind] = group[: max(1, int(len(group) * share))]
+        # a kind weighted 0 is left out (answer episodes are all "new" and keep the default weight)
+        groups[kind] = group[: max(1, int(len(group) * share))] if weights.get(kind, 1) else []
     n = min(len(episodes) if n is None else n, sum(len(g) for g in groups.values()))
     chosen: list[Any] = []
     while len(chosen) < n:  # weighted round robin over the kinds, each until it runs out
         for kind in sorted(groups):
-            for _ in range(KIND_WEIGHTS.get(kind, 1)):
+            for _ in range(weights.get(kind, 1)):
                 if groups[kind] and len(chosen) < n:
                     chosen.append(groups[kind].pop())
     return sorted(chosen, key=lambda e: e.id)

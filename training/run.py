@@ -8,8 +8,8 @@
 4. The gate: held-out prompts sampled at the training temperature, as GRPO
    will sample them: valid-output rate and distinct decisions per group. A
    group whose samples are all alike gives GRPO nothing to learn from, so
-   below the gate the run says so and raises the temperature (up to
-   :data:`MAX_TEMPERATURE`) before GRPO starts.
+   below the gate the run says so and adjusts the temperature before GRPO
+   starts: hotter for too little spread, cooler for too few valid samples.
 5. GRPO (TRL) continuing the same adapter, with the dense rewards; the
    adapter is saved (float16) with ``metrics.csv`` and ``reward_curve.png``.
 6. Validation of the trained policy; ``train_summary.json``.
@@ -42,10 +42,11 @@ from training.episodes import (
 from training.rewards import AnswerReward, ManagerReward, ManagerScorer, RewardStats, shuffled_within_groups
 from training.validate import validate_answer, validate_manager
 
-__all__ = ["Resources", "make_embedder", "build_episodes", "gate", "train", "MAX_TEMPERATURE"]
+__all__ = ["Resources", "make_embedder", "build_episodes", "gate", "train", "MAX_TEMPERATURE", "MIN_TEMPERATURE"]
 
 log = logging.getLogger(__name__)
 MAX_TEMPERATURE = 1.5
+MIN_TEMPERATURE = 0.5
 
 
 @dataclass
@@ -212,21 +213,47 @@ def _cold_start(config, base, out, sft_episodes, val_episodes, res, summary) -> 
     return adapter
 
 
+def _next_temperature(config: MemoryGRPOConfig, result: dict[str, Any], temperature: float) -> float | None:
+    """The temperature to try after a gate below its bar, or None to stop trying.
+
+    Too few distinct decisions: sample hotter (up to :data:`MAX_TEMPERATURE`).
+    Enough spread but too few valid samples: sample cooler (down to
+    :data:`MIN_TEMPERATURE`), since invalid samples all score the same and a
+    group of them carries no signal. Temperature is the only knob that needs
+    no retraining.
+    """
+    if result["passed"]:
+        return None
+    if result.get("distinct_per_group", 0) < config.gate_min_distinct:
+        hotter = round(temperature + 0.2, 2)
+        return hotter if hotter <= MAX_TEMPERATURE + 1e-9 else None
+    if result.get("valid_rate", 0) < config.gate_min_valid_rate:
+        cooler = round(temperature - 0.2, 2)
+        return cooler if cooler >= MIN_TEMPERATURE - 1e-9 else None
+    return None
+
+
 def _gate_and_adjust(config: MemoryGRPOConfig, llm: Any, val_episodes: list[Any]) -> dict[str, Any]:
     temperature = config.temperature
-    tries = []
+    tries: list[dict[str, Any]] = []
+    seen: set[float] = set()
     while True:
         result = gate(config, llm, val_episodes, temperature)
         tries.append(result)
+        seen.add(temperature)
         print(f"gate at temperature {temperature:.2f}: valid rate {result.get('valid_rate', 0):.2f}, "
               f"{result.get('distinct_per_group', 0):.2f} distinct decisions per group of {config.num_generations}"
               f" -> {'passed' if result['passed'] else 'BELOW THE GATE'}", file=sys.stderr, flush=True)
-        low_spread = result.get("distinct_per_group", 0) < config.gate_min_distinct
-        if result["passed"] or not low_spread or temperature + 0.2 > MAX_TEMPERATURE + 1e-9:
+        nxt = _next_temperature(config, result, temperature)
+        if nxt is None or nxt in seen:
             break
-        temperature = round(temperature + 0.2, 2)  # more spread: the only knob that needs no retraining
-    if temperature != config.temperature:
-        config.temperature = temperature
+        temperature = nxt
+    if not tries[-1]["passed"]:  # the best try trains: valid samples first, then spread
+        best = max(tries, key=lambda t: (t.get("valid_rate", 0) >= config.gate_min_valid_rate,
+                                         t.get("distinct_per_group", 0) >= config.gate_min_distinct,
+                                         t.get("valid_rate", 0)))
+        temperature = best.get("temperature", temperature)
+    config.temperature = temperature
     return {"tries": tries, "passed": tries[-1]["passed"], "temperature": temperature}
 
 
@@ -269,10 +296,11 @@ def train(config: MemoryGRPOConfig, out_dir: str | Path, *, resources: Resources
     sft_episodes: list[Any] = []
     if config.cold_start:
         eligible = [e for e in episodes if config.task == "answer" or e.gold is not None]
-        sft_episodes = balanced(eligible, config.cold_start_examples, seed=config.seed, share=0.5)
+        sft_episodes = balanced(eligible, config.cold_start_examples, seed=config.seed, share=0.5,
+                                weights=config.kind_weights)
         taken = {e.id for e in sft_episodes}
         episodes = [e for e in episodes if e.id not in taken]  # GRPO prompts disjoint from SFT prompts
-    episodes = balanced(episodes, config.max_episodes, seed=config.seed + 1)
+    episodes = balanced(episodes, config.max_episodes, seed=config.seed + 1, weights=config.kind_weights)
     summary.update(episodes=len(episodes), sft_episodes=len(sft_episodes), val_episodes=len(val_episodes))
     if val_episodes:
         summary["val_before"] = _validate(config, _load(res, config, base), val_episodes, res)
@@ -292,7 +320,7 @@ def train(config: MemoryGRPOConfig, out_dir: str | Path, *, resources: Resources
             "per_device_train_batch_size", "gradient_accumulation_steps", "max_completion_length", "temperature",
             "beta", "loss_type", "scale_rewards", "epsilon_high", "mask_truncated_completions", "lr_scheduler_type",
             "lora_r", "lora_alpha", "seed", "cold_start", "cold_start_examples", "cold_start_epochs",
-            "cold_start_learning_rate", "shuffle_rewards", "reward_metric")
+            "cold_start_learning_rate", "kind_weights", "shuffle_rewards", "reward_metric")
     summary["config"] = {k: v for k, v in asdict(config).items() if k in keys}
     (out / "train_summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
