@@ -52,6 +52,10 @@ def test_duplicate_add_is_penalised(episodes):
     noop, dup = scorer.score(e, "NOOP"), scorer.score(e, f"ADD: {e.item.facts[0]}")
     assert dup.duplicates == 1 and noop.duplicates == 0
     assert dup.reward == pytest.approx(noop.reward - DUPLICATE_PENALTY)
+    shown = next(i for i, h in enumerate(e.hits) if h.text == e.item.facts[0])
+    restated = scorer.score(e, f"UPDATE {shown}: {e.item.facts[0]}")  # a no-op edit
+    assert restated.valid and restated.duplicates == 1
+    assert restated.reward == pytest.approx(noop.reward - DUPLICATE_PENALTY)
 
 
 def test_destroying_another_questions_answer_is_penalised(episodes):

@@ -21,7 +21,10 @@ budget (:meth:`AnswerAgent.prompt`, the product's k and embedder):
   content that no memory states any more (information destroyed: without it,
   overwriting a memory no known question asks about would cost nothing, and
   the second CPU run's manager learned to UPDATE instead of ADD on LoCoMo),
-* minus :data:`DUPLICATE_PENALTY` per ADD of a fact already shown,
+* minus :data:`DUPLICATE_PENALTY` per ADD of a fact already shown, and per
+  UPDATE that says nothing the memory it replaces did not (a no-op edit:
+  without it, restating a repeated fact as ``UPDATE 0`` scored as well as
+  NOOP, and GRPO drifted towards UPDATE on every kind of turn),
 * floored at :data:`VALID_FLOOR`, so a valid decision always beats an invalid one.
 
 Why dense: the outcome reward (did the 135M Answer Agent get the question
@@ -150,7 +153,7 @@ class ManagerScore:
     stale: float | None = None
     guard: float = 0.0
     lost: float = 0.0  # mean share of the changed memories' content gone from the bank
-    duplicates: int = 0
+    duplicates: int = 0  # ADDs of a shown fact + UPDATEs that say nothing new
     error: str | None = None
 
 
@@ -200,6 +203,7 @@ class ManagerScorer:
         guard = self._guard_loss(episode, after, changed)
         lost = _lost_content(changed, after, episode.user_id)
         dups = sum(_duplicate(op.text, episode.hits) for op in ops if isinstance(op, AddOp))
+        dups += sum(_says_nothing_new(a) for a in applied if a.op == "UPDATE")
         recall = statistics.fmean(recalls) if recalls else None
         stale_share = statistics.fmean(stale) if stale else None
         reward = ((recall or 0.0) - self.stale_penalty * (stale_share or 0.0) - self.guard_penalty * guard
@@ -246,6 +250,12 @@ def _duplicate(text: str, hits: Sequence[Any]) -> bool:
     new = content_stems(text)
     key = text.casefold().strip()
     return any(h.text.casefold().strip() == key or (new and new <= content_stems(h.text)) for h in hits)
+
+
+def _says_nothing_new(applied: Any) -> bool:
+    """An UPDATE whose text adds no content word to the memory it replaced."""
+    new = content_stems(applied.new_text or "")
+    return not new or new <= content_stems(applied.old_text or "")
 
 
 def _log(kwargs: dict, name: str, values: dict[str, float]) -> None:
