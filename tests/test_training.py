@@ -213,13 +213,18 @@ def test_cli_trains_a_stage(tiny, tmp_path):
               "max_completion_length": 4, "cold_start": False, "max_episodes": 2, "lora_r": 2, "lora_alpha": 4}
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(recipe))
     result = CliRunner().invoke(cli, ["train", "answer", "--out", str(tmp_path / "a"), "--config",
-                                      str(tmp_path / "tiny.yaml"), "--model", str(base), "--json"],
+                                      str(tmp_path / "tiny.yaml"), "--model", str(base), "--json",
+                                      "--kind-weights", "1:1:0", "--cold-start-learning-rate", "1e-3"],
                                 catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert '"task": "answer"' in result.output  # --json prints the summary
     summary = json.loads((tmp_path / "a" / "train_summary.json").read_text())
     assert summary["task"] == "answer" and summary["steps"] == 1
+    assert summary["config"]["kind_weights"] == {"new": 1, "change": 1, "repeat": 0}
+    assert summary["config"]["cold_start_learning_rate"] == 1e-3
     assert (tmp_path / "a" / "adapter_model.safetensors").is_file()
+    bad = CliRunner().invoke(cli, ["train", "answer", "--out", str(tmp_path / "b"), "--kind-weights", "2:1"])
+    assert bad.exit_code == 2 and "NEW:CHANGE:REPEAT" in bad.output and not (tmp_path / "b").exists()
 
 
 def test_config_recipes_and_defaults(tmp_path):

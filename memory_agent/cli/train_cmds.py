@@ -30,6 +30,15 @@ def train() -> None:
     """Train the Memory Manager or the Answer Agent with GRPO (TRL), and check the rewards."""
 
 
+def _kind_weights(_ctx: Any, _param: Any, value: str | None) -> dict[str, int] | None:
+    if value is None:
+        return None
+    parts = value.split(":")
+    if len(parts) != 3 or not all(p.strip().isdigit() for p in parts):
+        raise click.BadParameter(f"expected three whole numbers NEW:CHANGE:REPEAT such as 2:1:1, got {value!r}")
+    return dict(zip(("new", "change", "repeat"), (int(p) for p in parts)))
+
+
 def _stage_options(f: Callable) -> Callable:
     options = [
         click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output folder."),
@@ -56,6 +65,9 @@ def _stage_options(f: Callable) -> Callable:
         click.option("--cold-start/--no-cold-start", default=None, help="SFT on gold targets before GRPO."),
         click.option("--cold-start-examples", type=int, default=None, help="SFT examples (split off GRPO's)."),
         click.option("--cold-start-epochs", type=float, default=None, help="Passes over the SFT examples."),
+        click.option("--cold-start-learning-rate", type=float, default=None, help="SFT learning rate (LoRA)."),
+        click.option("--kind-weights", callback=_kind_weights, default=None, metavar="NEW:CHANGE:REPEAT",
+                     help="Shares of the manager's decision kinds in the cold start and GRPO prompts (e.g. 2:1:1)."),
         click.option("--shuffle-rewards", is_flag=True, default=None,
                      help="Control run: rewards permuted within each group (must not gain)."),
         click.option("--seed", type=int, default=None),
