@@ -21,7 +21,7 @@ from datetime import datetime
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = [
     "CATEGORIES",
@@ -142,6 +142,14 @@ class MemoryEdit(BaseModel):
     op: Literal["ADD", "UPDATE", "DELETE", "NOOP"]
     text: str | None = None
     target: str | None = None
+
+    @model_validator(mode="after")
+    def _fields_of_the_op(self) -> MemoryEdit:
+        if self.op in ("ADD", "UPDATE") and not (self.text or "").strip():
+            raise ValueError(f"an {self.op} edit needs its text")
+        if self.op in ("UPDATE", "DELETE", "NOOP") and not self.target:
+            raise ValueError(f"a {self.op} edit needs the target dia_id of the memory it concerns")
+        return self
 
 
 class Conversation(BaseModel):

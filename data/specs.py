@@ -44,10 +44,15 @@ def _synthetic(spec: str) -> list[Conversation]:
 
 
 def _one(spec: str, split: str | None, root: str | os.PathLike[str] | None) -> list[Conversation]:
-    if spec.startswith("synthetic"):
+    if spec == "synthetic" or spec.startswith("synthetic:"):
+        if split:
+            raise DatasetError(spec, "a split (--split) applies to LoCoMo data, not to generated conversations")
         return _synthetic(spec)
     if spec.startswith("locomo:") or spec == "locomo":
-        name = spec.partition(":")[2] or split or "dev"
+        own = spec.partition(":")[2]
+        if own and split and split != own:
+            raise DatasetError(spec, f"the spec names the split {own!r}; --split {split} would be ignored")
+        name = own or split or "dev"
         if name not in SPLITS:
             raise DatasetError(spec, f"unknown LoCoMo split {name!r}; choose from {', '.join(SPLITS)}")
         return load_split(name, root)
@@ -80,9 +85,12 @@ def load_spec(spec: str | os.PathLike[str] | None, *, split: str | None = None,
     parts = [p.strip() for p in text.split("+")] if "+" in text and not Path(text).exists() else [text]
     if any(not p for p in parts):
         raise DatasetError(spec, f"empty part in {text!r} (expected {SPEC_HELP})")
+    if split and len(parts) > 1:
+        raise DatasetError(spec, "a split (--split) applies to one LoCoMo source; name it in each part instead "
+                                 "(locomo:val+synthetic:8)")
     out: list[Conversation] = []
     for part in parts:
-        out.extend(_one(part, split if len(parts) == 1 else None, root))
+        out.extend(_one(part, split, root))
     ids = [c.sample_id for c in out]
     if len(set(ids)) != len(ids):
         raise DatasetError(spec, "the same conversation appears twice")

@@ -45,7 +45,7 @@ from memory_agent.llms import resolve_llm
 from memory_agent.memory import resolve_embedder
 from memory_agent.policies import role_specs
 
-__all__ = ["EvalConfig", "load_conversations", "make_embedder", "run_eval", "run_method", "score_row"]
+__all__ = ["EvalConfig", "load_conversations", "make_embedder", "run_eval", "run_method"]
 
 #: Fields of run.json that must match for a rerun to reuse a run folder.
 IDENTITY = ("method", "model", "manager_model", "answer_model", "embedder", "data", "split")
@@ -89,10 +89,6 @@ def load_conversations(data: str | None, split: str | None) -> list[Conversation
 def make_embedder(spec: Any) -> Any:
     """``default`` (MiniLM), ``hashing`` (no model: tests and smoke runs) or an embedder object."""
     return resolve_embedder(spec)
-
-
-#: Every metric of one answer; the harness's name for :func:`eval.scoring.answer_metrics`.
-score_row = answer_metrics
 
 
 def _check_identity(run_dir: Path, identity: dict[str, Any], settings: dict[str, Any]) -> None:

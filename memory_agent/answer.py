@@ -25,6 +25,7 @@ from datetime import date
 from typing import Any, Callable
 
 from memory_agent.defaults import ANSWER_K, ANSWER_MAX_NEW_TOKENS, ANSWER_MAX_PROMPT_TOKENS
+from memory_agent.errors import ConfigError
 from memory_agent.llms.base import LLM
 from memory_agent.prompts import Messages, answer_messages
 
@@ -148,7 +149,7 @@ class AnswerAgent:
     def ask(self, prompts: Sequence[Messages]) -> list[str]:
         """Raw replies to built prompts: one batched, greedy call with the product's budget."""
         if self.llm is None:
-            raise ValueError("this AnswerAgent has no model: it can build prompts and read replies only")
+            raise ConfigError("this AnswerAgent has no model: it can build prompts and read replies only")
         if not prompts:
             return []
         return self.llm.generate(list(prompts), max_new_tokens=self.max_new_tokens, temperature=0.0)

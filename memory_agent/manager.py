@@ -46,13 +46,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from memory_agent.defaults import MANAGER_MAX_NEW_TOKENS, MANAGER_STOP, MANAGER_TOP_K, WAVE_SIZE
-from memory_agent.errors import InvalidInput, InvalidModelOutput, MemoryNotFound
+from memory_agent.errors import ConfigError, InvalidInput, InvalidModelOutput, MemoryNotFound, StoreError
 from memory_agent.extraction import Fact
 from memory_agent.llms.base import LLM, truncate_at_stop
 from memory_agent.operations import AddOp, DeleteOp, NoopOp, UpdateOp, check_grounded, parse_operations
 from memory_agent.prompts import Messages, manager_messages
 
-__all__ = ["TurnFacts", "AppliedChange", "Skipped", "ManageOutcome", "MemoryManager", "MANAGER_MAX_NEW_TOKENS"]
+__all__ = ["TurnFacts", "AppliedChange", "Skipped", "ManageOutcome", "MemoryManager", "Decision"]
 
 
 @dataclass(frozen=True)
@@ -131,6 +131,8 @@ class MemoryManager:
         texts = [f for it in items for f in it.facts]
         if not texts:
             return [[] for _ in items]
+        if self.store.embedder is None:
+            raise StoreError("the Memory Manager searches by vector: open the store with an embedder")
         vecs = self.store.embedder.embed(texts)  # one batched embed call for the whole wave
         out: list[list[Any]] = []
         pos = 0
@@ -180,6 +182,8 @@ class MemoryManager:
                 store_ops.append(Update(id=hits[op.id].id, text=op.text))
             elif isinstance(op, DeleteOp):
                 store_ops.append(Delete(id=hits[op.id].id))
+            elif not isinstance(op, NoopOp):
+                raise TypeError(f"not a memory operation: {op!r}")
         if not store_ops:
             return []
         return self.store.apply(store_ops, user_id=user_id, actor=self.actor, source=item.dia_id,
@@ -189,7 +193,7 @@ class MemoryManager:
         """The model's raw decisions for ``(turn, shown memories)`` pairs: one batched, greedy call
         with the product's budget and stop strings (what ingestion sends; validation reuses it)."""
         if self.llm is None:
-            raise InvalidInput("this MemoryManager has no model: it can score decisions, not make them")
+            raise ConfigError("this MemoryManager has no model: it can score decisions, not make them")
         if not prompts:
             return []
         return self.llm.generate([self.messages(item, hits) for item, hits in prompts],

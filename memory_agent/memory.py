@@ -103,7 +103,6 @@ class Memory:
         wave_size: int = WAVE_SIZE,
     ):
         self.store = store
-        self.policy = policy
         manager_llm, answer_llm = role_specs(llm, manager_llm, answer_llm, policy)
         self._specs = {
             "extract": extract_llm if extract_llm is not None else llm,

@@ -35,6 +35,12 @@ def test_split_only_for_locomo(tmp_path):
     save_jsonl([generate(1)], path)
     with pytest.raises(DatasetError, match="--split"):
         load_spec(str(path), split="dev")
+    for spec in ("synthetic:2:1", "locomo:val", "synthetic:1+locomo:val"):  # a split that would be ignored
+        with pytest.raises(DatasetError, match="split"):
+            load_spec(spec, split="train")
+    named = tmp_path / "synthetic_val.jsonl"  # a file whose name starts like a generator spec
+    save_jsonl([generate(9)], named)
+    assert [c.sample_id for c in load_spec(str(named))] == ["synthetic-9"]
 
 
 def test_jsonl_keeps_edits_and_superseded_values(tmp_path):
@@ -43,3 +49,18 @@ def test_jsonl_keeps_edits_and_superseded_values(tmp_path):
     save_jsonl([conv], path)
     (back,) = load_jsonl(path)
     assert back == conv and back.edits and any(q.superseded_values for q in back.qa)
+
+
+@pytest.mark.parametrize("edit, message", [
+    ({"op": "UPDATE", "target": "D1:1"}, "needs its text"),
+    ({"op": "DELETE"}, "needs the target"),
+])
+def test_an_incomplete_edit_names_its_line(tmp_path, edit, message):
+    path = tmp_path / "c.jsonl"
+    save_jsonl([generate(4)], path)
+    lines = path.read_text().splitlines()
+    lines.append(__import__("json").dumps({"type": "edit", "sample_id": "synthetic-4", "dia_id": "D1:1", **edit}))
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DatasetError, match=message) as err:
+        load_jsonl(path)
+    assert f"line {len(lines)}:" in str(err.value)

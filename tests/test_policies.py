@@ -23,6 +23,8 @@ def test_role_specs_table(tmp_path):
     assert role_specs("default", None, None, str(folder)) == (str(folder / "manager"), str(folder / "answer"))
     assert role_specs("default", "mine", None, str(folder)) == ("mine", str(folder / "answer"))  # explicit wins
     assert role_specs("/models/qwen", None, None, "default") == (None, None)  # adapters are for the embedded model
+    with pytest.raises(ConfigError, match="embedded model"):  # a policy folder for another model: not ignored
+        role_specs("/models/qwen", None, None, str(folder))
     with pytest.raises(ConfigError):
         role_specs("default", None, None, str(tmp_path / "nope"))
     with pytest.raises(ConfigError, match="manager/"):
@@ -69,3 +71,15 @@ def test_shipped_policies_run_in_memory(tmp_path, minilm):
         mem.store.add("Alice lives in Lisbon", "alice", {"speaker": "Alice"}, timestamp="2023-05-01T10:00:00")
         reply = mem.answer("Where does Alice live?", user_id="alice")
     assert isinstance(reply.text, str) and reply.retrieved
+
+
+def test_a_missing_shipped_policy_is_an_error_not_the_untrained_model(monkeypatch, tmp_path):
+    import memory_agent.policies as policies
+    from training.compare import resolve_policy
+
+    monkeypatch.setattr(policies, "POLICY_DIR", tmp_path)  # an installation without adapters
+    with pytest.raises(ConfigError, match="policy=None"):
+        role_specs("default", None, None, "default")
+    assert role_specs("default", None, None, None) == (None, None)
+    with pytest.raises(ConfigError, match="no shipped"):
+        resolve_policy("default", "manager")

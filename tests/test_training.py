@@ -210,7 +210,8 @@ def test_cli_trains_a_stage(tiny, tmp_path):
     base, _tok = tiny
     recipe = {"task": "answer", "device": "cpu", "embedder": "hashing", "data": "synthetic:1:1", "max_steps": 1,
               "per_device_train_batch_size": 1, "gradient_accumulation_steps": 2, "num_generations": 2,
-              "max_completion_length": 4, "cold_start": False, "max_episodes": 2, "lora_r": 2, "lora_alpha": 4}
+              "max_completion_length": 4, "cold_start": False, "max_episodes": 2, "lora_r": 2, "lora_alpha": 4,
+              "val": "synthetic:1:3", "val_limit": 2, "gate_prompts": 1}
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(recipe))
     result = CliRunner().invoke(cli, ["train", "answer", "--out", str(tmp_path / "a"), "--config",
                                       str(tmp_path / "tiny.yaml"), "--model", str(base), "--json",
@@ -221,6 +222,7 @@ def test_cli_trains_a_stage(tiny, tmp_path):
     summary = json.loads((tmp_path / "a" / "train_summary.json").read_text())
     assert summary["task"] == "answer" and summary["steps"] == 1
     assert summary["config"]["kind_weights"] == {"new": 1, "change": 1, "repeat": 0}
+    assert summary["gate"]["tries"] and "cold_start" not in summary  # the gate runs without a cold start too
     assert summary["config"]["cold_start_learning_rate"] == 1e-3
     assert (tmp_path / "a" / "adapter_model.safetensors").is_file()
     bad = CliRunner().invoke(cli, ["train", "answer", "--out", str(tmp_path / "b"), "--kind-weights", "2:1"])

@@ -20,10 +20,11 @@ __all__ = ["resolve_policy", "score_policies"]
 
 
 def resolve_policy(spec: str, task: str) -> str:
-    """``untrained`` -> the embedded base model; ``shipped`` -> the packaged adapter; else the spec."""
+    """``untrained`` -> the embedded base model; ``shipped`` or ``default`` -> the packaged adapter (as
+    ``--policy default`` means everywhere else); else the spec (a model or adapter folder)."""
     if spec == "untrained":
         return "default"
-    if spec == "shipped":
+    if spec in ("shipped", "default"):
         from memory_agent.policies import shipped
 
         path = shipped(task)

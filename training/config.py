@@ -61,7 +61,7 @@ class MemoryGRPOConfig(GRPOConfig):
     max_conversations: int | None = field(default=None, metadata={"help": "Use only the first N conversations."})
     max_turns: int | None = field(default=None, metadata={"help": "Replay at most N turns per conversation."})
     max_episodes: int | None = field(default=None, metadata={
-        "help": "At most N GRPO episodes (seeded; decision kinds new/change/repeat in equal shares where possible)."})
+        "help": "At most N GRPO episodes (seeded; decision kinds in the kind_weights shares where possible)."})
     val_limit: int = field(default=64, metadata={"help": "At most N validation episodes (seeded sample)."})
     kind_weights: dict[str, int] = field(default_factory=lambda: dict(KIND_WEIGHTS), metadata={
         "help": "Shares of the manager's decision kinds (new / change / repeat) in the cold start and the GRPO "
@@ -78,7 +78,7 @@ class MemoryGRPOConfig(GRPOConfig):
     # -- cold start and the gate ---------------------------------------------------------
     cold_start: bool = field(default=True, metadata={"help": "SFT on gold targets before GRPO (own prompts)."})
     cold_start_examples: int = field(default=160, metadata={
-        "help": "SFT examples, split off the GRPO episodes (decision kinds in equal shares where possible)."})
+        "help": "SFT examples, split off the GRPO episodes (decision kinds in the kind_weights shares where possible)."})
     cold_start_epochs: float = field(default=1.0, metadata={"help": "Passes over the SFT examples (<= 1 advised)."})
     cold_start_learning_rate: float = field(default=2e-4)
     cold_start_batch_size: int = field(default=4)

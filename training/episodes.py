@@ -34,7 +34,7 @@ from data.schema import QA, Conversation
 from data.specs import load_spec
 from memory_agent.answer import AnswerAgent
 from memory_agent.errors import ConfigError
-from memory_agent.manager import MemoryManager, TurnFacts
+from memory_agent.manager import Decision, MemoryManager, TurnFacts
 from memory_agent.operations import AddOp, DeleteOp, NoopOp, UpdateOp, format_operations
 from memory_agent.prompts import Messages, format_turn
 from memory_store import InMemoryStore
@@ -71,9 +71,6 @@ def check_not_dev(conversations: Sequence[Conversation]) -> None:
     bad = sorted({c.sample_id for c in conversations} & FORBIDDEN_TRAIN_IDS)
     if bad:
         raise ConfigError(f"refusing to train on {', '.join(bad)}: it is the held-out development test set")
-
-
-Decision = list[AddOp | UpdateOp | DeleteOp | NoopOp]
 
 
 @dataclass
@@ -119,6 +116,11 @@ class AnswerEpisode:
     qa: QA
     messages: Messages
     shown: list[Any]  # memories in the prompt, in display order (prompt number i = shown[i])
+
+    @property
+    def kind(self) -> str:
+        """Answer episodes have one kind (``kind_weights`` name the manager's kinds only)."""
+        return "answer"
 
 
 @dataclass
@@ -353,10 +355,10 @@ def balanced(episodes: Sequence[Any], n: int | None = None, seed: int = 0, share
     rng = random.Random(seed)
     groups: dict[str, list[Any]] = {}
     for e in episodes:
-        groups.setdefault(getattr(e, "kind", "new"), []).append(e)
+        groups.setdefault(e.kind, []).append(e)
     for kind, group in groups.items():
         rng.shuffle(group)
-        # a kind weighted 0 is left out (answer episodes are all "new" and keep the default weight)
+        # a kind weighted 0 is left out; a kind the weights do not name (answer episodes) keeps weight 1
         groups[kind] = group[: max(1, int(len(group) * share))] if weights.get(kind, 1) else []
     n = min(len(episodes) if n is None else n, sum(len(g) for g in groups.values()))
     chosen: list[Any] = []

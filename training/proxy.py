@@ -26,6 +26,7 @@ from memory_agent.answer import AnswerAgent
 from memory_agent.errors import InvalidModelOutput
 from training.episodes import GoldReplay, ManagerEpisode, check_not_dev, load_conversations, manager_episodes
 from training.rewards import ManagerScorer
+from training.validate import in_waves
 
 __all__ = ["candidates", "proxy_check"]
 
@@ -69,7 +70,7 @@ def proxy_check(data: str, *, answer_model: Any = "default", limit: int | None =
                 messages, _shown = agent.prompt(qa.question, e.user_id)
                 prompts.append(messages)
                 owners.append((len(rows) - 1, qa.answer))
-    replies = AnswerAgent(llm, None).ask(prompts)
+    replies = in_waves(AnswerAgent(llm, None).ask, prompts, "proxy answers")
     for (i, gold), raw in zip(owners, replies, strict=True):
         rows[i]["f1"].append(best_score(AnswerAgent.read("", [], raw).text, gold, "f1"))
     for r in rows:

@@ -274,7 +274,6 @@ class ManagerReward:
         self.scorer = scorer if scorer is not None else ManagerScorer()
         self.stats = stats if stats is not None else RewardStats()
         self.__name__ = name
-        self.last_scores: list[ManagerScore] = []
 
     def __call__(self, completions: list[Any], episode_id: list[int] | None = None, **kwargs: Any) -> list[float]:
         if episode_id is None:
@@ -288,7 +287,6 @@ class ManagerReward:
                               recall=s.recall, stale=s.stale, guard=s.guard if s.valid else None,
                               lost=s.lost if s.valid else None,
                               duplicates=s.duplicates if s.valid else None)
-        self.last_scores = scores
         _log(kwargs, self.__name__, {"valid_rate": sum(s.valid for s in scores) / max(1, len(scores))})
         return [s.reward for s in scores]
 

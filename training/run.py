@@ -4,7 +4,7 @@
    product's own manager and answer code; held-out episodes from ``val``.
 2. Validation of the starting policy (greedy, the product's calls).
 3. Cold start: SFT of a LoRA adapter on gold targets, on episodes split off
-   the GRPO prompts (disjoint), at most about one epoch; validated again.
+   the GRPO prompts (disjoint), one epoch by default; validated again.
 4. The gate: held-out prompts sampled at the training temperature, as GRPO
    will sample them: valid-output rate and distinct decisions per group. A
    group whose samples are all alike gives GRPO nothing to learn from, so
@@ -302,9 +302,16 @@ def train(config: MemoryGRPOConfig, out_dir: str | Path, *, resources: Resources
         episodes = [e for e in episodes if e.id not in taken]  # GRPO prompts disjoint from SFT prompts
     episodes = balanced(episodes, config.max_episodes, seed=config.seed + 1, weights=config.kind_weights)
     summary.update(episodes=len(episodes), sft_episodes=len(sft_episodes), val_episodes=len(val_episodes))
+    adapter = None
     if val_episodes:
-        summary["val_before"] = _validate(config, _load(res, config, base), val_episodes, res)
-    adapter = _cold_start(config, base, out, sft_episodes, val_episodes, res, summary) if config.cold_start else None
+        llm = _load(res, config, base)
+        summary["val_before"] = _validate(config, llm, val_episodes, res)
+        if not config.cold_start:  # the gate checks the policy GRPO starts from, with or without a cold start
+            summary["gate"] = _gate_and_adjust(config, llm, val_episodes)
+        del llm
+        gc.collect()
+    if config.cold_start:
+        adapter = _cold_start(config, base, out, sft_episodes, val_episodes, res, summary)
 
     rewards, stats = _rewards(config, episodes, res)
     policy = load_policy(base, adapter, config)

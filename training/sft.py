@@ -12,9 +12,9 @@ in DeepSeek-R1, the policy first sees a few hundred well-formed targets:
   holds most of the gold answer's content, then ``**Answer:** <gold>``.
 
 The SFT prompts are disjoint from the GRPO prompts (the run splits the
-episodes) and the schedule is at most one epoch, because a policy that has
-memorised its targets samples the same completion eight times and GRPO gets
-no spread (the first recipe's 5 epochs took the entropy to 0.02).
+episodes) and the recipes train one epoch (``cold_start_epochs``), because a
+policy that has memorised its targets samples the same completion eight times
+and GRPO gets no spread (the first recipe's 5 epochs took the entropy to 0.02).
 
 The result is a LoRA adapter (not merged): GRPO continues training the same
 adapter, so the shipped policy is one small file over the embedded model.

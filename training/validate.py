@@ -35,14 +35,14 @@ from memory_agent.operations import DeleteOp, UpdateOp
 from training.episodes import AnswerEpisode, ManagerEpisode
 from training.rewards import ManagerScore, ManagerScorer
 
-__all__ = ["manager_report", "validate_manager", "answer_report", "validate_answer", "source_of"]
+__all__ = ["manager_report", "validate_manager", "answer_report", "validate_answer", "source_of", "in_waves"]
 
 
 def source_of(conversation_id: str) -> str:
     return "synthetic" if conversation_id.startswith("synthetic") else "locomo"
 
 
-def _in_waves(ask: Callable[[list[Any]], list[str]], prompts: Sequence[Any], desc: str) -> list[str]:
+def in_waves(ask: Callable[[list[Any]], list[str]], prompts: Sequence[Any], desc: str) -> list[str]:
     """``ask`` over ``prompts`` one generation wave at a time, with a progress bar (validation is long on a CPU)."""
     replies: list[str] = []
     with tqdm(total=len(prompts), desc=desc, unit="prompt", file=sys.stderr, dynamic_ncols=True) as bar:
@@ -109,7 +109,7 @@ def validate_manager(llm: Any, episodes: Sequence[ManagerEpisode], scorer: Manag
     """Greedy decisions of ``llm`` on ``episodes``, scored by the dense manager reward."""
     if not episodes:
         return {"all": {"n": 0}}
-    replies = _in_waves(MemoryManager(llm, None).ask, [(e.item, e.hits) for e in episodes], "validation (manager)")
+    replies = in_waves(MemoryManager(llm, None).ask, [(e.item, e.hits) for e in episodes], "validation (manager)")
     scores = [scorer.score(e, r) for e, r in zip(episodes, replies)]
     return manager_report(episodes, scores, replies)
 
@@ -142,5 +142,5 @@ def validate_answer(llm: Any, episodes: Sequence[AnswerEpisode], metric: str = "
     """Greedy replies of ``llm`` to the episodes' prompts, read and scored as the product reads them."""
     if not episodes:
         return {"all": {"n": 0}}
-    replies = _in_waves(AnswerAgent(llm, None).ask, [e.messages for e in episodes], "validation (answer)")
+    replies = in_waves(AnswerAgent(llm, None).ask, [e.messages for e in episodes], "validation (answer)")
     return answer_report(episodes, replies, metric)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import click
 
+from memory_agent.cli.options import policy_options
 from memory_agent.defaults import ANSWER_K
 
 __all__ = ["eval_group"]
@@ -38,10 +39,7 @@ def _run_options(fn):
         click.option("--model", default="default", show_default=True, help="Model for every role."),
         click.option("--manager-model", default=None, help="Model of the Memory Manager (default --model)."),
         click.option("--answer-model", default=None, help="Model of the Answer Agent (default --model)."),
-        click.option("--policy", "policy", default="default", show_default=True,
-                     help="Trained manager/answer adapters for the embedded model: default (shipped), untrained, "
-                          "or a folder with manager/ and answer/."),
-        click.option("--untrained", "policy", flag_value="untrained", help="The plain embedded model in every role."),
+        policy_options,
         click.option("--judge", default=None, metavar="MODEL", help="LLM-as-judge model (off by default)."),
         click.option("--embedder", type=click.Choice(["default", "hashing"]), default="default", show_default=True),
         click.option("--f1", "f1", type=click.Choice(["mem0", "locomo"]), default="mem0", show_default=True,

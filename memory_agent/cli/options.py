@@ -22,6 +22,7 @@ __all__ = [
     "json_option",
     "open_memory",
     "policy_value",
+    "policy_options",
     "emit_json",
     "DEFAULT_DB",
 ]
@@ -45,17 +46,24 @@ embedder_option = click.option(
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
 
 
-def _policy(value: str | None) -> Any:
+def policy_value(value: str | None) -> Any:
+    """The ``--policy``/``--untrained`` option as ``Memory(policy=...)`` takes it."""
     return None if value in ("untrained", "none") else value
+
+
+def policy_options(f: Callable) -> Callable:
+    """--policy / --untrained: the trained manager and answer adapters of the embedded model."""
+    f = click.option("--untrained", "policy", flag_value="untrained",
+                     help="Use the plain embedded model for every role (no shipped trained policies).")(f)
+    return click.option("--policy", "policy", default="default", show_default=True,
+                        help="Trained manager/answer adapters for the embedded model: default (shipped with the "
+                        "package), untrained, or a folder with manager/ and answer/ (memory-agent train "
+                        "policies).")(f)
 
 
 def model_options(f: Callable) -> Callable:
     """--model, --manager-model / --answer-model to swap one role's model, and the trained-policy switch."""
-    f = click.option("--untrained", "policy", flag_value="untrained",
-                     help="Use the plain embedded model for every role (no shipped trained policies).")(f)
-    f = click.option("--policy", "policy", default="default", show_default=True,
-                     help="Trained manager/answer adapters for the embedded model: default (shipped with the "
-                     "package), untrained, or a folder with manager/ and answer/ (memory-agent train policies).")(f)
+    f = policy_options(f)
     f = click.option("--answer-model", default=None, help="Model for the Answer Agent (default: --model).")(f)
     f = click.option("--manager-model", default=None, help="Model for the Memory Manager (default: --model).")(f)
     f = click.option(
@@ -72,13 +80,9 @@ def open_memory(db: str, embedder: str, model: str = "default", manager_model: s
     from memory_agent.memory import Memory
 
     return Memory.open(db, llm=model, embedder=embedder, manager_llm=manager_model, answer_llm=answer_model,
-                       policy=_policy(policy))
+                       policy=policy_value(policy))
 
 
 def emit_json(obj: Any) -> None:
     click.echo(json.dumps(obj, indent=2, default=str, ensure_ascii=False))
 
-
-def policy_value(value: str | None) -> Any:
-    """The ``--policy``/``--untrained`` option as ``Memory(policy=...)`` takes it."""
-    return _policy(value)

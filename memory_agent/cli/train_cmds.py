@@ -100,8 +100,9 @@ def _run_stage(task: str, out_dir: str, config_file: str | None, as_json: bool, 
 def _scale_short_run(config: Any, recipe: Any, fields: dict[str, Any]) -> None:
     """A run asked for fewer GRPO steps than its recipe (a smoke run) gets a cold start and a
     validation in proportion, unless those were given too: 8 SFT examples, 4 validation
-    episodes and one gate prompt per GRPO step. Otherwise a 2-step try of the CPU recipe spends most of its time on
-    the full cold start (minutes on a 2-core CPU) instead of the steps asked for."""
+    episodes and one gate prompt per GRPO step (at least 2). Otherwise a 2-step try of the CPU
+    recipe spends most of its time on the full cold start (minutes on a 2-core CPU) instead of
+    the steps asked for."""
     steps = fields.get("max_steps")
     if not steps or steps >= recipe.max_steps:
         return
@@ -219,7 +220,8 @@ def _stages_in_parallel(out: Path, threads: int, device: str | None) -> dict[str
 @train.command("score")
 @click.argument("task", type=click.Choice(["manager", "answer"]))
 @click.option("--policy", "policies", multiple=True, required=True,
-              help="Model spec to score (repeat to compare; 'untrained' = the embedded base model).")
+              help="Model spec to score (repeat to compare): 'untrained' (the embedded base model), "
+                   "'shipped' or 'default' (the packaged adapter), or a model/adapter folder.")
 @click.option("--data", required=True, help="Held-out data spec (never the training data).")
 @click.option("--limit", type=int, default=None, help="At most N episodes (seeded sample).")
 @click.option("--embedder", type=click.Choice(["default", "minilm", "hashing"]), default="default")

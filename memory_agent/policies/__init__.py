@@ -52,15 +52,27 @@ def _from_folder(folder: Path, role: str) -> str:
 
 def role_specs(llm: Any, manager_llm: Any, answer_llm: Any, policy: Any) -> tuple[Any, Any]:
     """``(manager spec, answer spec)`` for ``Memory``; ``None`` means "the same as ``llm``"."""
-    if policy is None or not (isinstance(llm, str) and llm == "default"):
+    if policy is None:
         return manager_llm, answer_llm
+    embedded = isinstance(llm, str) and llm == "default"
     if policy == "default":
-        manager = shipped("manager")
-        answer = shipped("answer")
-        return (manager_llm if manager_llm is not None else (str(manager) if manager else None),
-                answer_llm if answer_llm is not None else (str(answer) if answer else None))
+        if not embedded:  # the shipped adapters fit the embedded model only; another model runs as given
+            return manager_llm, answer_llm
+        return (manager_llm if manager_llm is not None else str(_shipped_or_fail("manager")),
+                answer_llm if answer_llm is not None else str(_shipped_or_fail("answer")))
+    if not embedded:
+        raise ConfigError(f"policy folder {policy!r} holds adapters for the embedded model, but llm is {llm!r}: "
+                          "pass the adapters as manager_llm / answer_llm instead")
     folder = Path(str(policy)).expanduser()
     if not folder.is_dir():
         raise ConfigError(f"unknown policy {policy!r}: use 'default', None or a folder with manager/ and answer/")
     return (manager_llm if manager_llm is not None else _from_folder(folder, "manager"),
             answer_llm if answer_llm is not None else _from_folder(folder, "answer"))
+
+
+def _shipped_or_fail(role: str) -> Path:
+    path = shipped(role)
+    if path is None:
+        raise ConfigError(f"this installation has no shipped {role} policy ({POLICY_DIR / role}); "
+                          "use policy=None (--untrained) or a policy folder")
+    return path
