@@ -35,6 +35,26 @@ def test_score_policies_compares_on_the_same_episodes(tmp_path):
     assert s["policies"][noop]["ops"]["noop"] == 1.0 and s["policies"][noop]["edit_recall"] == 0
 
 
+def test_summarize_pairs_every_policy_with_each_earlier_one():
+    from training.compare import summarize
+
+    def report(f1s, tags):
+        rows = [{"f1": f, "tags": t} for f, t in zip(f1s, tags, strict=True)]
+        return {"all": {"f1": sum(f1s) / len(f1s)}, "per_episode": rows}
+
+    tags = [["current"], [], ["current"], []] * 5
+    reports = {"untrained": report([0.0] * 20, tags), "sft": report([0.5, 0.0] * 10, tags),
+               "grpo": report([1.0, 0.0] * 10, tags)}
+    s = summarize("answer", "synthetic:1:7", reports)
+    assert s["episodes"] == 20 and list(s["policies"]) == ["untrained", "sft", "grpo"]
+    assert not any(k.startswith("vs_") for k in s["policies"]["untrained"])
+    assert set(k for k in s["policies"]["grpo"] if k.startswith("vs_")) == {
+        "vs_untrained", "vs_untrained_current", "vs_sft", "vs_sft_current"}
+    versus = s["policies"]["grpo"]["vs_sft"]
+    assert versus["diff"] == pytest.approx(0.25) and versus["excludes_zero"] and versus["n"] == 20
+    assert s["policies"]["grpo"]["vs_sft_current"]["n"] == 10
+
+
 @needs_tokenizer
 def test_proxy_check_pairs_dense_reward_with_answer_f1(tmp_path):
     from training.proxy import candidates, proxy_check

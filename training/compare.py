@@ -2,7 +2,7 @@
 
 ``memory-agent train score manager --policy untrained --policy runs/sft --policy runs/grpo
 --data synthetic:16:7`` validates each policy greedily (:mod:`training.validate`)
-on one set of episodes and compares each with the first by a paired bootstrap
+on one set of episodes and compares each with every one listed before it by a paired bootstrap
 over episodes (:func:`eval.stats.paired_bootstrap`): the dense reward for the
 manager, F1 for the answer agent (and F1 on "now" questions).
 """
@@ -16,7 +16,7 @@ from eval.stats import paired_bootstrap
 from training.config import load_config
 from training.run import Resources, _sample, _validate, build_episodes, make_embedder
 
-__all__ = ["resolve_policy", "score_policies"]
+__all__ = ["resolve_policy", "score_policies", "summarize"]
 
 
 def resolve_policy(spec: str, task: str) -> str:
@@ -50,10 +50,20 @@ def score_policies(task: str, policies: list[str], data: str, *, limit: int | No
         reports[spec] = _validate(config, llm, episodes, res)
         del llm
         gc.collect()
+    return {"summary": summarize(task, data, reports, seed=seed), "reports": reports}
+
+
+def summarize(task: str, data: str, reports: dict[str, dict[str, Any]], *, seed: int = 0) -> dict[str, Any]:
+    """Each policy's scores, and a paired bootstrap against every policy listed before it.
+
+    ``reports`` maps a policy spec to its validation report (the ``reports`` a ``train score --out``
+    file holds), in the order given, so a saved file can be summarised again with other pairs.
+    """
     key = "reward" if task == "manager" else "f1"
-    summary: dict[str, Any] = {"task": task, "data": data, "episodes": len(episodes), "policies": {}}
-    first = policies[0]
-    for spec in policies:
+    specs = list(reports)
+    summary: dict[str, Any] = {"task": task, "data": data,
+                               "episodes": len(reports[specs[0]]["per_episode"]) if specs else 0, "policies": {}}
+    for i, spec in enumerate(specs):
         block = reports[spec]["all"]
         entry = {k: block.get(k) for k in ("reward", "valid_rate", "f1", "em", "edit_recall", "edit_precision",
                                            "add_rate", "noop_rate", "ops") if k in block}
@@ -61,13 +71,12 @@ def score_policies(task: str, policies: list[str], data: str, *, limit: int | No
             if source in reports[spec]:
                 entry[source] = {k: reports[spec][source].get(k) for k in ("reward", "f1", "edit_recall",
                                  "edit_precision", "add_rate", "valid_rate") if k in reports[spec][source]}
-        if spec != first:
-            a = [r[key] for r in reports[first]["per_episode"]]
-            b = [r[key] for r in reports[spec]["per_episode"]]
-            entry[f"vs_{first}"] = paired_bootstrap(a, b, seed=seed)
-            if task == "answer":
-                cur = [i for i, r in enumerate(reports[spec]["per_episode"]) if "current" in r["tags"]]
-                if cur:
-                    entry[f"vs_{first}_current"] = paired_bootstrap([a[i] for i in cur], [b[i] for i in cur], seed=seed)
+        b = [r[key] for r in reports[spec]["per_episode"]]
+        cur = [j for j, r in enumerate(reports[spec]["per_episode"]) if "current" in r.get("tags", ())]
+        for earlier in specs[:i]:
+            a = [r[key] for r in reports[earlier]["per_episode"]]
+            entry[f"vs_{earlier}"] = paired_bootstrap(a, b, seed=seed)
+            if task == "answer" and cur:
+                entry[f"vs_{earlier}_current"] = paired_bootstrap([a[j] for j in cur], [b[j] for j in cur], seed=seed)
         summary["policies"][spec] = entry
-    return {"summary": summary, "reports": reports}
+    return summary
