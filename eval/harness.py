@@ -15,6 +15,12 @@ in ``predictions.jsonl`` is never asked again. With several methods each gets
 ``OUT/<method>/`` and a comparison is written to ``OUT``.
 
 Adversarial questions (category 5) are not asked, as in Mem0 and Memory-R1.
+
+Several ``--retrieval`` modes give each method one run folder per mode
+(``OUT/<method>-<mode>/``); the memory is built once and copied to the other
+modes' folders (retrieval happens at answer time, so the memory is the same),
+and ``--stores-from RUN`` does the same from an earlier run whose ingest
+identity (method, models that write memory, embedder, data) matches.
 """
 
 from __future__ import annotations
@@ -36,10 +42,10 @@ from data.locomo import SPLITS, default_root
 from data.schema import Conversation, DatasetError
 from data.specs import load_spec
 from eval import metrics
-from eval.scoring import answer_metrics, answer_recall
-from eval.methods import IngestStats, MethodConfig, Prediction, make_method
+from eval.scoring import answer_metrics, answer_recall, evidence_recall
+from eval.methods import METHODS, IngestStats, MethodConfig, Prediction, make_method
 from eval.report import details, read_rows, summarize, write_compare, write_report
-from memory_agent.defaults import ANSWER_K
+from memory_agent.defaults import ANSWER_K, ANSWER_RETRIEVAL
 from memory_agent.errors import ConfigError
 from memory_agent.llms import resolve_llm
 from memory_agent.memory import resolve_embedder
@@ -47,8 +53,12 @@ from memory_agent.policies import role_specs
 
 __all__ = ["EvalConfig", "load_conversations", "make_embedder", "run_eval", "run_method"]
 
-#: Fields of run.json that must match for a rerun to reuse a run folder.
-IDENTITY = ("method", "model", "manager_model", "answer_model", "embedder", "data", "split")
+#: Fields of run.json that decide what a method's memory holds: a folder whose
+#: ingest identity matches may lend its ingested stores (``--stores-from``).
+INGEST_IDENTITY = ("method", "model", "manager_model", "embedder", "data", "split")
+#: Fields of run.json that must match for a rerun to reuse a run folder: every
+#: option that changes a prediction, so a rerun is never served stale answers.
+IDENTITY = (*INGEST_IDENTITY, "answer_model", "top_k", "context_window", "retrieval")
 
 
 @dataclass
@@ -68,6 +78,8 @@ class EvalConfig:
     policy: Any = "default"  # trained manager/answer adapters for the embedded model (memory_agent.policies)
     f1: str = "mem0"
     top_k: int = ANSWER_K
+    retrieval: Sequence[str] = (ANSWER_RETRIEVAL,)  # Answer Agent search modes; one run folder per mode
+    stores_from: Path | None = None  # an earlier run to copy ingested stores from (same ingest identity)
     answer_batch: int = 8  # questions per model call; latencies are per question, amortised
     context_window: int | None = None
     progress: bool = True
@@ -161,8 +173,33 @@ def _row(conv: Conversation, qid: int, pred: Prediction) -> dict[str, Any]:
         "raw": pred.raw,
         # gold-answer content in what the Answer Agent was shown: retrieval vs answering failures
         "answer_recall": None if pred.shown is None else answer_recall(qa.answer, pred.shown),
+        # the same in the top-k retrieved (before the token budget), and the evidence turns found
+        "answer_recall_k": None if pred.ranked is None else answer_recall(qa.answer, pred.ranked),
+        "evidence_recall": None if pred.ranked_sources is None else evidence_recall(qa.evidence, pred.ranked_sources),
+        "evidence_recall_shown": (None if pred.shown_sources is None
+                                  else evidence_recall(qa.evidence, pred.shown_sources)),
+        "ranked_sources": pred.ranked_sources,
         **answer_metrics(pred.text, qa.answer, qa.category),
     }
+
+
+def _seed_store(conv_id: str, stores: Path, seed: Path | None, identity: dict[str, Any]) -> bool:
+    """Copy ``seed``'s finished ingest of ``conv_id`` into ``stores`` if its ingest identity matches."""
+    if seed is None:
+        return False
+    seed = Path(seed)
+    marker, store_dir, run_json = seed / "stores" / f"{conv_id}.ingested.json", seed / "stores" / conv_id, seed / "run.json"
+    if not (marker.is_file() and store_dir.is_dir() and run_json.is_file()):
+        return False
+    theirs = json.loads(run_json.read_text(encoding="utf-8"))
+    if any(theirs.get(k) != identity[k] for k in INGEST_IDENTITY):
+        return False
+    target = stores / conv_id
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(store_dir, target)
+    shutil.copy2(marker, stores / marker.name)  # the marker last: a copy torn before it is rebuilt
+    return True
 
 
 def run_method(
@@ -172,9 +209,14 @@ def run_method(
     config: EvalConfig,
     method_config: MethodConfig,
     judge_llm: Any = None,
+    seed: Path | None = None,
 ) -> dict[str, Any]:
-    """Evaluate one method into ``run_dir``; returns the summary."""
+    """Evaluate one method into ``run_dir``; returns the summary.
+
+    ``seed``: a run folder whose finished ingests (same ingest identity) are copied instead of rebuilt.
+    """
     run_dir = Path(run_dir)
+    uses = METHODS[method_name].uses_retrieval
     identity = {
         "method": method_name,
         "model": _name(config.model),
@@ -183,9 +225,11 @@ def run_method(
         "embedder": _name(config.embedder),
         "data": str(config.data) if config.data else str(default_root()),
         "split": config.split,
+        "top_k": config.top_k if uses else None,
+        "context_window": config.context_window if method_name == "full-context" else None,
+        "retrieval": method_config.retrieval if uses else None,
     }
-    settings = {"f1": config.f1, "answer_batch": config.answer_batch, "top_k": config.top_k,
-                "context_window": config.context_window, "judge": _name(config.judge),
+    settings = {"f1": config.f1, "answer_batch": config.answer_batch, "judge": _name(config.judge),
                 "limit_questions": config.limit_questions}
     _check_identity(run_dir, identity, settings)
     pred_path = run_dir / "predictions.jsonl"
@@ -222,7 +266,7 @@ def run_method(
                     if marker.is_file():
                         markers[conv.sample_id] = IngestStats.from_dict(json.loads(marker.read_text()))
                     continue
-                if marker.is_file():
+                if marker.is_file() or _seed_store(conv.sample_id, stores, seed, identity):
                     stats = IngestStats.from_dict(json.loads(marker.read_text()))
                     method.load(conv, store_dir)
                 else:
@@ -269,6 +313,18 @@ def run_eval(config: EvalConfig, conversations: Sequence[Conversation] | None = 
         raise ConfigError(f"unknown split {config.split!r}; choose from {', '.join(SPLITS)}")
     if not config.methods:
         raise ConfigError("no --method given")
+    unknown = [m for m in config.methods if m not in METHODS]
+    if unknown:
+        raise ConfigError(f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}")
+    from memory_store import SEARCH_MODES
+
+    if isinstance(config.retrieval, str):
+        config = replace(config, retrieval=(config.retrieval,))
+    bad = [m for m in config.retrieval if m not in SEARCH_MODES]
+    if bad or not config.retrieval:
+        raise ConfigError(f"unknown retrieval mode {bad[0] if bad else None!r}; choose from {', '.join(SEARCH_MODES)}")
+    if config.stores_from is not None and not (Path(config.stores_from) / "run.json").is_file():
+        raise ConfigError(f"--stores-from {config.stores_from} is not an evaluation run folder (no run.json)")
     if conversations is None:
         conversations = load_conversations(config.data, config.split)
     if not conversations:
@@ -287,14 +343,25 @@ def run_eval(config: EvalConfig, conversations: Sequence[Conversation] | None = 
     )
     judge_llm = resolve_llm(config.judge) if config.judge is not None else None
     out = Path(config.out)
+    modes = list(dict.fromkeys(config.retrieval))
     summaries, run_dirs = [], []
-    for name in dict.fromkeys(config.methods):  # each method once, in the order given
-        run_dir = out if len(set(config.methods)) == 1 else out / name
+    runs = [(name, mode) for name in dict.fromkeys(config.methods)  # each method once, in the order given
+            for mode in (modes if METHODS[name].uses_retrieval else modes[:1])]
+    for name, mode in runs:
+        if len(runs) == 1:
+            run_dir = out
+        else:
+            run_dir = out / (f"{name}-{mode}" if len(modes) > 1 and METHODS[name].uses_retrieval
+                             else name)
+        seed = config.stores_from
+        if seed is None and mode != modes[0]:  # the same memory, built once by the first mode's run
+            seed = out / f"{name}-{modes[0]}"
         started = time.perf_counter()
-        summaries.append(run_method(name, conversations, run_dir, config, method_config, judge_llm))
+        summaries.append(run_method(name, conversations, run_dir, config, replace(method_config, retrieval=mode),
+                                    judge_llm, seed=seed))
         run_dirs.append(run_dir)
         if config.progress:
-            print(f"{name}: done in {time.perf_counter() - started:.1f}s -> {run_dir}", file=sys.stderr)
+            print(f"{name} ({mode}): done in {time.perf_counter() - started:.1f}s -> {run_dir}", file=sys.stderr)
     if len(run_dirs) > 1:
         write_compare(run_dirs, out, f1_kind=config.f1)
     return summaries

@@ -32,8 +32,8 @@ from typing import Any, ClassVar, Protocol
 
 from data.schema import Conversation, Session, Turn
 from memory_agent.answer import AnswerAgent, display_date, parse_answer, shown_messages
-from eval.scoring import memory_view
-from memory_agent.defaults import ANSWER_K, ANSWER_MAX_NEW_TOKENS
+from eval.scoring import memory_source, memory_view
+from memory_agent.defaults import ANSWER_K, ANSWER_MAX_NEW_TOKENS, ANSWER_RETRIEVAL
 from memory_agent.errors import ConfigError
 from memory_agent.memory import Memory
 from memory_agent.prompts import answer_messages
@@ -51,6 +51,7 @@ __all__ = [
     "METHODS",
     "make_method",
     "turn_line",
+    "store_turns",
     "count_tokens",
     "context_window",
 ]
@@ -66,8 +67,9 @@ class MethodConfig:
     embedder: Any
     manager_llm: Any = None
     answer_llm: Any = None
-    top_k: int = ANSWER_K  # rag: turns retrieved per question (the Answer Agent's k)
+    top_k: int = ANSWER_K  # memories (or turns, for rag) the Answer Agent retrieves per question
     context_window: int | None = None  # full-context: tokens; None = the model's own
+    retrieval: str = ANSWER_RETRIEVAL  # how the Answer Agent searches: hybrid, vector or keyword
 
     @property
     def answerer(self) -> Any:
@@ -84,6 +86,9 @@ class Prediction:
     retrieved: list[Any] = field(default_factory=list)
     memories: list[str] = field(default_factory=list)
     shown: list[str] | None = None  # what the Answer Agent was shown ("date: text"); None: not a memory list
+    ranked: list[str] | None = None  # the top-k retrieved, best first ("date: text"); None: no retrieval
+    ranked_sources: list[str | None] | None = None  # dialogue ids of ``ranked`` (evidence recall@k)
+    shown_sources: list[str | None] | None = None  # dialogue ids of what was shown
     search_ms: float | None = None
     answer_ms: float | None = None
     context_tokens: int | None = None
@@ -111,6 +116,7 @@ class IngestStats:
 
 class Method(Protocol):
     name: ClassVar[str]
+    uses_retrieval: ClassVar[bool]  # declared: whether --retrieval/top_k change its answers
 
     def ingest(self, conversation: Conversation, store_dir: Path, *, progress: Progress | None = None) -> IngestStats: ...
     def load(self, conversation: Conversation, store_dir: Path) -> None: ...
@@ -138,6 +144,16 @@ def turn_line(session: Session, turn: Turn) -> str:
     if turn.blip_caption:
         text += f" [shares a photo of {turn.blip_caption.strip()}]"
     return text
+
+
+def store_turns(store: Any, session: Session, user_id: str) -> int:
+    """Store a session's raw turns as ``rag`` keeps them (``"speaker: text"``, session time, source turn)."""
+    turns = [t for t in session.turns if t.text.strip()]
+    if turns:
+        store.add_many([turn_line(session, t).split("] ", 1)[1] for t in turns], user_id,
+                       metadatas=[{"speaker": t.speaker, "source": t.dia_id} for t in turns],
+                       timestamps=[session.timestamp] * len(turns), actor="agent", source="rag")
+    return len(turns)
 
 
 def count_tokens(llm: Any, messages: list[dict[str, str]]) -> int:
@@ -215,6 +231,7 @@ class MemoryR1Method(_Base):
 
     name: ClassVar[str] = "memory-r1"
     strategy: ClassVar[str] = "memory"
+    uses_retrieval: ClassVar[bool] = True  # answers from a search: --retrieval and top_k apply
 
     def __init__(self, config: MethodConfig):
         self.config = config
@@ -223,8 +240,8 @@ class MemoryR1Method(_Base):
 
     def _open(self, store_dir: Path) -> Any:
         c = self.config
-        return Memory.open(store_dir, llm=c.llm, embedder=c.embedder,
-                                  manager_llm=c.manager_llm, answer_llm=c.answer_llm)
+        return Memory.open(store_dir, llm=c.llm, embedder=c.embedder, manager_llm=c.manager_llm,
+                           answer_llm=c.answer_llm, answer_k=c.top_k, retrieval=c.retrieval)
 
     def _add(self, session: Session) -> Any:
         return self.mem.add(_turn_dicts(session), user_id=self.user_id, timestamp=session.timestamp)
@@ -259,24 +276,26 @@ class MemoryR1Method(_Base):
         return [a for a, _ in timed], [t for _, t in timed]  # the recursive retriever: one at a time
 
     def answer_many(self, questions: Sequence[str]) -> list[Prediction]:
-        # Retrieval alone, timed on its own (the facade does not report it); the
-        # answer time is end to end, retrieval included, as in Mem0's tables.
-        search_ms = [_timed(lambda q=q: self.mem.search(q, self.user_id, k=self.mem.answer_k))[1] for q in questions]
+        # search_ms is the Answer Agent's own retrieval of each question (timed inside it);
+        # the answer time is end to end, retrieval included, as in Mem0's tables.
         answers, answer_ms = self._answers(questions)
         out = []
-        for question, ans, s_ms, a_ms in zip(questions, answers, search_ms, answer_ms):
+        for question, ans, a_ms in zip(questions, answers, answer_ms):
             shown = list(ans.retrieved or [])  # everything the model was shown
-            # The Answer Agent's prompt rebuilt from what it was shown, so
-            # context_tokens means the same for every method: the whole prompt.
+            memory = ans.strategy == "memory"
             out.append(Prediction(
                 text=str(ans.text),
                 valid=bool(ans.valid),
                 raw=str(ans.raw),
                 retrieved=[getattr(m, "id", None) for m in shown],
                 memories=[str(m.text) for m in (ans.memories or [])],
-                shown=[memory_view(m) for m in shown] if ans.strategy == "memory" else None,
-                search_ms=s_ms,
+                shown=[memory_view(m) for m in shown] if memory else None,
+                ranked=[memory_view(m) for m in ans.ranked] if memory else None,
+                ranked_sources=[memory_source(m) for m in ans.ranked] if memory else None,
+                shown_sources=[memory_source(m) for m in (shown if memory else ans.memories or [])],
+                search_ms=ans.search_ms,
                 answer_ms=a_ms,
+                # the Answer Agent's prompt rebuilt from what it was shown: the whole prompt, as for every method
                 context_tokens=count_tokens(self.mem.answer_llm, shown_messages(question, shown)),
             ))
         return out
@@ -330,6 +349,7 @@ class RLMMethod(MemoryR1Method):
 
     name: ClassVar[str] = "rlm"
     strategy: ClassVar[str] = "rlm"
+    uses_retrieval: ClassVar[bool] = False  # the recursive retriever explores the whole bank itself
 
     def __init__(self, config: MethodConfig):
         super().__init__(config)
@@ -350,6 +370,7 @@ class RagMethod(_Base):
     """
 
     name: ClassVar[str] = "rag"
+    uses_retrieval: ClassVar[bool] = True
 
     def __init__(self, config: MethodConfig):
         self.config = config
@@ -363,7 +384,8 @@ class RagMethod(_Base):
 
         self.close()
         self.store = MemoryStore(store_dir, embedder=self.config.embedder)
-        self.agent = AnswerAgent(self.config.answerer, self.store, k=self.config.top_k)
+        self.agent = AnswerAgent(self.config.answerer, self.store, k=self.config.top_k,
+                                 retrieval=self.config.retrieval)
         self.user_id = conversation.sample_id
         self.speakers = [conversation.speaker_a, conversation.speaker_b]
 
@@ -372,12 +394,9 @@ class RagMethod(_Base):
         stats = IngestStats(conversation.sample_id)
         start = time.perf_counter()
         for session in conversation.sessions:
-            turns = [t for t in session.turns if t.text.strip()]
-            self.store.add_many([turn_line(session, t).split("] ", 1)[1] for t in turns], self.user_id,
-                                metadatas=[{"speaker": t.speaker, "source": t.dia_id} for t in turns],
-                                timestamps=[session.timestamp] * len(turns), actor="agent", source="rag")
+            added = store_turns(self.store, session, self.user_id)
             stats.turns += len(session.turns)
-            stats.ops["ADD"] = stats.ops.get("ADD", 0) + len(turns)
+            stats.ops["ADD"] = stats.ops.get("ADD", 0) + added
             if progress:
                 progress(len(session.turns))
         stats.seconds = round(time.perf_counter() - start, 3)
@@ -387,18 +406,24 @@ class RagMethod(_Base):
         self._open(conversation, store_dir)
 
     def answer_many(self, questions: Sequence[str]) -> list[Prediction]:
-        prompts, shown, search_ms = [], [], []
+        agent = self.agent
+        _, now = agent.present(self.user_id)
+        prompts, shown, ranked, search_ms = [], [], [], []
         for q in questions:
-            (messages, kept), ms = _timed(lambda q=q: self.agent.build(q, self.agent.retrieve(q, self.user_id, self.speakers)))
+            hits, ms = _timed(lambda q=q: agent.retrieve(q, self.user_id, self.speakers, agent.when(q, now)))
+            messages, kept = agent.build(q, hits)
             prompts.append((messages, len(kept)))
             shown.append(kept)
+            ranked.append(hits)
             search_ms.append(ms)
         answers, gen_ms = _ask_many(self.config.answerer, prompts)
         return [
-            Prediction(text=text, valid=valid, raw=raw, retrieved=[(h.metadata or {}).get("source") for h in kept],
-                       memories=[h.text for h in kept], shown=[memory_view(h) for h in kept], search_ms=s_ms, answer_ms=s_ms + gen_ms,
+            Prediction(text=text, valid=valid, raw=raw, retrieved=[memory_source(h) for h in kept],
+                       memories=[h.text for h in kept], shown=[memory_view(h) for h in kept],
+                       ranked=[memory_view(h) for h in hits], ranked_sources=[memory_source(h) for h in hits],
+                       shown_sources=[memory_source(h) for h in kept], search_ms=s_ms, answer_ms=s_ms + gen_ms,
                        context_tokens=count_tokens(self.config.answerer, messages))
-            for (text, raw, valid), kept, s_ms, (messages, _) in zip(answers, shown, search_ms, prompts)
+            for (text, raw, valid), kept, hits, s_ms, (messages, _) in zip(answers, shown, ranked, search_ms, prompts)
         ]
 
     def close(self) -> None:
@@ -411,10 +436,12 @@ class FullContextMethod(_Base):
     """The whole conversation in the prompt, oldest turns dropped to fit the window."""
 
     name: ClassVar[str] = "full-context"
+    uses_retrieval: ClassVar[bool] = False
 
     def __init__(self, config: MethodConfig):
         self.config = config
         self.memories: list[tuple[str, str]] = []
+        self.sources: list[str | None] = []  # dialogue id of each of ``memories``
 
     def ingest(self, conversation: Conversation, store_dir: Path, *, progress: Progress | None = None) -> IngestStats:
         self.load(conversation, store_dir)
@@ -424,8 +451,9 @@ class FullContextMethod(_Base):
 
     def load(self, conversation: Conversation, store_dir: Path) -> None:
         # (date, "speaker: text"), dated like the Answer Agent's memories
-        self.memories = [(display_date(s.timestamp), turn_line(s, t).split("] ", 1)[1])
-                         for s, t in conversation.turns() if t.text.strip()]
+        turns = [(s, t) for s, t in conversation.turns() if t.text.strip()]
+        self.memories = [(display_date(s.timestamp), turn_line(s, t).split("] ", 1)[1]) for s, t in turns]
+        self.sources = [t.dia_id for _, t in turns]
 
     def _fit(self, question: str) -> int:
         """How many of the most recent turns fit the window (binary search on the count)."""
@@ -441,22 +469,24 @@ class FullContextMethod(_Base):
         return lo
 
     def answer_many(self, questions: Sequence[str]) -> list[Prediction]:
-        prompts, fit_ms = [], []
+        prompts, fit_ms, windows = [], [], []
         for q in questions:
             keep, ms = _timed(lambda q=q: self._fit(q))
             kept = self.memories[len(self.memories) - keep:]
             prompts.append((answer_messages(q, kept), len(kept)))
+            windows.append(self.sources[len(self.sources) - keep:] if keep else [])
             fit_ms.append(ms)  # the "search" of this method: fitting the window
         answers, gen_ms = _ask_many(self.config.answerer, prompts)
         # retrieved stays empty: "everything since turn N" would bloat predictions.jsonl
         return [
-            Prediction(text=text, valid=valid, raw=raw, retrieved=[], memories=[], search_ms=f_ms,
-                       answer_ms=f_ms + gen_ms, context_tokens=count_tokens(self.config.answerer, messages))
-            for (text, raw, valid), f_ms, (messages, _) in zip(answers, fit_ms, prompts)
+            Prediction(text=text, valid=valid, raw=raw, retrieved=[], memories=[], shown_sources=window,
+                       search_ms=f_ms, answer_ms=f_ms + gen_ms,
+                       context_tokens=count_tokens(self.config.answerer, messages))
+            for (text, raw, valid), f_ms, window, (messages, _) in zip(answers, fit_ms, windows, prompts)
         ]
 
     def close(self) -> None:
-        self.memories = []
+        self.memories, self.sources = [], []
 
 
 #: CLI name -> method class.

@@ -23,6 +23,7 @@ from data.schema import CATEGORIES
 
 __all__ = [
     "SCORED_CATEGORIES",
+    "RETRIEVAL_METRICS",
     "summarize",
     "run_label",
     "details",
@@ -99,17 +100,27 @@ def summarize(
         },
         "context_tokens_mean": round(sum(context) / len(context), 1) if context else None,
         # share of the gold answer's content words in the memories the Answer Agent was shown
-        "answer_recall": {
-            "overall": _mean_recall(rows),
-            **{name: _mean_recall([r for r in rows if r["category_name"] == name]) for name in by_category},
-        },
+        "answer_recall": _recall_block(rows, "answer_recall", by_category),
+        "retrieval": {key: _recall_block(rows, key, by_category) for key in RETRIEVAL_METRICS},
         "ingest": ingest,
     }
 
 
-def _mean_recall(rows: Sequence[dict[str, Any]]) -> float | None:
-    values = [r["answer_recall"] for r in rows if r.get("answer_recall") is not None]
+#: Per-question retrieval metrics of ``predictions.jsonl`` averaged in ``summary["retrieval"]`` (percent):
+#: evidence turns among the top-k retrieved, among those shown, and gold-answer words in the top-k.
+RETRIEVAL_METRICS = ("evidence_recall", "evidence_recall_shown", "answer_recall_k")
+_RETRIEVAL_LABELS = {"evidence_recall": "evidence recall@k", "evidence_recall_shown": "evidence recall (shown)",
+                     "answer_recall_k": "answer recall@k", "answer_recall": "answer recall (shown)"}
+
+
+def _mean_recall(rows: Sequence[dict[str, Any]], key: str = "answer_recall") -> float | None:
+    values = [r[key] for r in rows if r.get(key) is not None]
     return round(100 * sum(values) / len(values), 2) if values else None
+
+
+def _recall_block(rows: Sequence[dict[str, Any]], key: str, categories: Iterable[str]) -> dict[str, Any]:
+    return {"overall": _mean_recall(rows, key),
+            **{name: _mean_recall([r for r in rows if r["category_name"] == name], key) for name in categories}}
 
 
 def details(rows: Sequence[dict[str, Any]], f1_kind: str) -> dict[str, Any]:
@@ -171,6 +182,14 @@ def render_markdown(summary: dict[str, Any], extra: dict[str, Any] | None = None
         _table(["category", "n"] + [_LABELS[k] for k in keys],
                [[name, s["n"]] + [s.get(k) for k in keys] for name, s in summary["by_category"].items()]),
         "",
+        "## Retrieval",
+        "",
+        "How often what the Answer Agent needed was retrieved (k = the run's top-k) and shown "
+        "(after the prompt's token budget): evidence = the question's evidence turns among the "
+        "sources of the memories; answer = the gold answer's content words. Percent; '-' = not measurable.",
+        "",
+        _retrieval_table(summary),
+        "",
         "## Cost",
         "",
         _table(["search p50 ms", "search p95 ms", "answer p50 ms", "answer p95 ms", "context tokens (mean)"],
@@ -190,6 +209,13 @@ def render_markdown(summary: dict[str, Any], extra: dict[str, Any] | None = None
     return "\n".join(out) + "\n"
 
 
+def _retrieval_table(summary: dict[str, Any]) -> str:
+    blocks = {**summary.get("retrieval", {}), "answer_recall": summary.get("answer_recall", {})}
+    cats = list(summary["by_category"])
+    return _table(["metric", "overall", *cats],
+                  [[_RETRIEVAL_LABELS[k], b.get("overall"), *[b.get(c) for c in cats]] for k, b in blocks.items()])
+
+
 def _pyplot():
     import matplotlib
 
@@ -200,11 +226,11 @@ def _pyplot():
 
 
 def plot_by_category(summary: dict[str, Any], path: Path) -> None:
-    """Bars of every metric per category (``by_category.png``)."""
+    """Answer scores and retrieval recalls per category, side by side (``by_category.png``)."""
     plt = _pyplot()
     keys = _metric_keys(summary)
     cats = list(summary["by_category"])
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, (ax, rax) = plt.subplots(1, 2, figsize=(13, 4))
     width = 0.8 / max(1, len(keys))
     for i, key in enumerate(keys):
         values = [summary["by_category"][c].get(key) or 0.0 for c in cats]
@@ -214,6 +240,18 @@ def plot_by_category(summary: dict[str, Any], path: Path) -> None:
     ax.set_ylim(0, _ymax(summary["by_category"][c].get(k) for c in cats for k in keys))
     ax.set_title(f"{summary['method']} / {summary['model']} ({summary['f1_kind']} F1)")
     ax.legend()
+    blocks = {**summary.get("retrieval", {}), "answer_recall": summary.get("answer_recall", {})}
+    blocks = {k: b for k, b in blocks.items() if any(b.get(c) is not None for c in cats)}
+    rwidth = 0.8 / max(1, len(blocks))
+    for i, (key, block) in enumerate(blocks.items()):
+        rax.bar([x + i * rwidth for x in range(len(cats))], [block.get(c) or 0.0 for c in cats], rwidth,
+                label=_RETRIEVAL_LABELS[key])
+    rax.set_xticks([x + rwidth * (max(1, len(blocks)) - 1) / 2 for x in range(len(cats))], cats)
+    rax.set_ylim(0, 100)
+    rax.set_ylabel("recall (%)")
+    rax.set_title("retrieval: was the evidence / answer found?")
+    if blocks:
+        rax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -265,6 +303,7 @@ def load_run(run_dir: Path, f1_kind: str | None = None) -> dict[str, Any]:
         ident = json.loads(identity.read_text(encoding="utf-8"))
         summary["manager_model"] = ident.get("manager_model")
         summary["answer_model"] = ident.get("answer_model")
+        summary["retrieval_mode"] = ident.get("retrieval")
     return summary
 
 
@@ -275,6 +314,8 @@ def run_label(summary: dict[str, Any]) -> str:
         spec = summary.get(f"{role}_model")
         if spec:
             parts.append(f"{role}={_short_model(str(spec))}")
+    if summary.get("retrieval_mode"):
+        parts.append(f"retrieval={summary['retrieval_mode']}")
     return f"{summary['method']} ({', '.join(parts)})"
 
 
@@ -323,9 +364,13 @@ def write_compare(run_dirs: Sequence[Path], out: Path, *, f1_kind: str | None = 
     labels = [run_label(s) for s in runs]
     keys = ["f1", "bleu1", "em"] + (["judge"] if all("judge" in s["overall"] for s in runs) else [])
     cats = [c for c in SCORED_CATEGORIES if any(c in s["by_category"] for s in runs)]
-    overall = _table(["run", "n"] + [_LABELS[k] for k in keys] + ["answer p50 ms", "context tokens"],
+    overall = _table(["run", "n"] + [_LABELS[k] for k in keys]
+                     + ["evidence recall@k", "answer recall (shown)", "search p50 ms", "answer p50 ms",
+                        "context tokens"],
                      [[lab, s["n_questions"]] + [s["overall"].get(k) for k in keys]
-                      + [s["latency_ms"]["answer_p50"], s["context_tokens_mean"]] for lab, s in zip(labels, runs)])
+                      + [s.get("retrieval", {}).get("evidence_recall", {}).get("overall"),
+                         s.get("answer_recall", {}).get("overall"), s["latency_ms"]["search_p50"],
+                         s["latency_ms"]["answer_p50"], s["context_tokens_mean"]] for lab, s in zip(labels, runs)])
     per_cat = _table(["run"] + cats,
                      [[lab] + [s["by_category"].get(c, {}).get(metric) for c in cats] for lab, s in zip(labels, runs)])
     paired = paired_differences(run_dirs, kind)

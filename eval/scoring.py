@@ -12,6 +12,10 @@ functions of :mod:`eval.metrics`:
   and text). The harness reports it per question (retrieval vs answering
   failures), the manager reward is built on it, the answer reward's "quoted
   the right memory" bonus uses it.
+* :func:`memory_source` / :func:`evidence_recall`: which dialogue turn a
+  memory (or a raw turn) came from, and the share of a question's evidence
+  turns among retrieved ones: retrieval measured against the dataset's own
+  labels, not against words.
 * :func:`states_superseded`: whether shown memories still state a value a
   change superseded ("lives in Lisbon" after the move to Denver).
 * :class:`AnswerScore` and :func:`score_answer_reply`: one reply of the
@@ -36,6 +40,8 @@ __all__ = [
     "best_score",
     "memory_view",
     "answer_recall",
+    "memory_source",
+    "evidence_recall",
     "states_superseded",
     "AnswerScore",
     "score_answer_reply",
@@ -91,6 +97,24 @@ def answer_recall(gold: str, memories: Sequence[Any]) -> float | None:
     for m in memories:
         have |= content_stems(memory_view(m))
     return len(want & have) / len(want)
+
+
+def memory_source(memory: Any) -> str | None:
+    """The dialogue id a memory or stored turn came from (``metadata["source"]``), if recorded."""
+    source = (getattr(memory, "metadata", None) or {}).get("source")
+    return source if isinstance(source, str) and source else None
+
+
+def evidence_recall(evidence: Sequence[str], sources: Sequence[str | None]) -> float | None:
+    """Share of the question's evidence turns that some retrieved item came from.
+
+    ``None`` when the question lists no evidence (nothing to find). An
+    UPDATEd memory counts for the turn that first added it.
+    """
+    want = {str(e) for e in evidence if e}
+    if not want:
+        return None
+    return len(want & {s for s in sources if s}) / len(want)
 
 
 def _mentions(text: str, phrase: str) -> bool:

@@ -10,6 +10,15 @@ of the embedded model by dropping the *least relevant* memories first.
 A reply without the marker is not hidden: the last line becomes the answer,
 ``valid=False``, and callers count it.
 
+Retrieval (:meth:`AnswerAgent.retrieve`) uses the store's ``hybrid`` mode by
+default (BM25 and vectors fused by reciprocal rank: names, dates and rare
+words are where a small embedder misses). When the question names a time
+("last May", "in 2022"; :mod:`memory_agent.timeexpr`, anchored at the
+user's newest memory, the conversation's present) the memories dated in it
+are searched too and fused in as a third list: a boost, never a hard filter,
+because the date in a question can name an event remembered on a later day.
+An optional :class:`Reranker` reorders the hits before the token budget.
+
 The steps are public so that training and evaluation use exactly these:
 :meth:`AnswerAgent.prompt` (retrieval, budget, display order) and
 :meth:`AnswerAgent.read` (the parser). Any
@@ -19,17 +28,26 @@ The steps are public so that training and evaluation use exactly these:
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Any, Callable
+from typing import Any, Callable, Protocol, runtime_checkable
 
-from memory_agent.defaults import ANSWER_K, ANSWER_MAX_NEW_TOKENS, ANSWER_MAX_PROMPT_TOKENS
+from memory_agent.defaults import ANSWER_K, ANSWER_MAX_NEW_TOKENS, ANSWER_MAX_PROMPT_TOKENS, ANSWER_RETRIEVAL
 from memory_agent.errors import ConfigError
 from memory_agent.llms.base import LLM
 from memory_agent.prompts import Messages, answer_messages
+from memory_agent.timeexpr import TimeRange, time_range
 
-__all__ = ["Answer", "AnswerAgent", "parse_answer", "display_date", "shown_messages"]
+__all__ = ["Answer", "AnswerAgent", "Reranker", "parse_answer", "display_date", "shown_messages"]
+
+
+@runtime_checkable
+class Reranker(Protocol):
+    """Reorders (and may drop) retrieved hits for a query; returns them best first."""
+
+    def rerank(self, query: str, hits: Sequence[Any]) -> list[Any]: ...
 
 _STRICT_MARKER = re.compile(r"\*\*\s*answer\s*(?::\s*\*\*|\*\*\s*:)", re.IGNORECASE)
 
@@ -44,6 +62,8 @@ class Answer:
     question: str = ""
     strategy: str = "memory"
     extra: dict[str, Any] = field(default_factory=dict)
+    search_ms: float | None = None  # the retrieval this answer ran (store searches and rerank)
+    ranked: list[Any] = field(default_factory=list)  # the retrieval's hits best first, before the token budget
 
 
 def parse_answer(raw: str, n_shown: int) -> tuple[str, list[int], bool]:
@@ -85,34 +105,71 @@ class AnswerAgent:
         store: Any,
         *,
         k: int = ANSWER_K,
+        retrieval: str = ANSWER_RETRIEVAL,
+        time_aware: bool = True,
+        reranker: Reranker | None = None,
         max_prompt_tokens: int = ANSWER_MAX_PROMPT_TOKENS,
         max_new_tokens: int = ANSWER_MAX_NEW_TOKENS,
         count_tokens: Callable[[str], int] | None = None,
     ):
+        from memory_store import SEARCH_MODES
+
+        if retrieval not in SEARCH_MODES:
+            raise ConfigError(f"unknown retrieval mode {retrieval!r}; choose from {', '.join(SEARCH_MODES)}")
+        if reranker is not None and not isinstance(reranker, Reranker):
+            raise ConfigError(f"not a reranker (needs rerank(query, hits)): {reranker!r}")
         self.llm = llm
         self.store = store
         self.k = k
+        self.retrieval = retrieval
+        self.time_aware = time_aware
+        self.reranker = reranker
         self.max_prompt_tokens = max_prompt_tokens
         self.max_new_tokens = max_new_tokens
         self._count_tokens = count_tokens
 
-    def speakers(self, user_id: str) -> list[str]:
-        seen: dict[str, None] = {}
-        for r in self.store.list(user_id):
-            s = (r.metadata or {}).get("speaker")
-            if isinstance(s, str):
-                seen.setdefault(s)
-        return list(seen)
+    def present(self, user_id: str) -> tuple[list[str], str | None]:
+        """The user's speakers (first-seen order) and newest memory time: the conversation's present."""
+        records = self.store.list(user_id)
+        speakers = [s for r in records if isinstance(s := (r.metadata or {}).get("speaker"), str)]
+        return list(dict.fromkeys(speakers)), max((str(r.created_at) for r in records), default=None)
 
-    def retrieve(self, question: str, user_id: str, speakers: Sequence[str] | None = None) -> list[Any]:
-        """Best-first hits: k/2 per speaker when there are exactly two, else k."""
+    def speakers(self, user_id: str) -> list[str]:
+        return self.present(user_id)[0]
+
+    def when(self, question: str, now: str | None) -> TimeRange | None:
+        """The time the question names, anchored at ``now`` (None: no time named, or time awareness off)."""
+        return time_range(question, now=now) if self.time_aware else None
+
+    def retrieve(self, question: str, user_id: str, speakers: Sequence[str] | None = None,
+                 when: TimeRange | None = None) -> list[Any]:
+        """Best-first hits: k/2 per speaker when there are exactly two, else k.
+
+        ``when`` (a time the question names) adds the memories dated in it as a
+        third ranked list, fused by reciprocal rank. Scores are comparable across
+        the speakers' lists (both are from the same mode), so the merge is by score.
+        """
+        from memory_store import rrf
+
         speakers = list(speakers) if speakers is not None else self.speakers(user_id)
-        if len(speakers) == 2:
-            per = self.k // 2
-            a = self.store.search(question, user_id=user_id, k=per, metadata_filter={"speaker": speakers[0]})
-            b = self.store.search(question, user_id=user_id, k=per, metadata_filter={"speaker": speakers[1]})
-            return sorted(a + b, key=lambda h: -h.score)
-        return self.store.search(question, user_id=user_id, k=self.k)
+        groups: list[dict[str, Any] | None] = [{"speaker": s} for s in speakers] if len(speakers) == 2 else [None]
+        per = self.k // len(groups)
+        hits: list[Any] = []
+        for group in groups:
+            found = self.store.search(question, user_id=user_id, k=per, mode=self.retrieval, filters=group)
+            if when is not None:
+                dated = when.as_filter("created_at") if group is None else {"$and": [group, when.as_filter("created_at")]}
+                timed = self.store.search(question, user_id=user_id, k=per, mode=self.retrieval, filters=dated)
+                # Fused even when nothing is in time, so every group's scores are on the RRF scale;
+                # the dated list first, so a tie goes to the memory from the time the question names.
+                by_id = {h.id: h for h in [*found, *timed]}
+                fused = rrf([[h.id for h in timed], [h.id for h in found]])[:per]
+                found = [by_id[i].model_copy(update={"score": s}) for i, s in fused]
+            hits.extend(found)
+        hits.sort(key=lambda h: -h.score)
+        if self.reranker is not None:
+            hits = list(self.reranker.rerank(question, hits))
+        return hits
 
     def _count(self, text: str) -> int:
         if self._count_tokens is not None:
@@ -138,7 +195,9 @@ class AnswerAgent:
 
     def prompt(self, question: str, user_id: str, speakers: Sequence[str] | None = None) -> tuple[Messages, list[Any]]:
         """What the model is shown for ``question``: the messages and the memories in them."""
-        return self.build(question, self.retrieve(question, user_id, speakers))
+        found, now = self.present(user_id)
+        speakers = list(speakers) if speakers is not None else found
+        return self.build(question, self.retrieve(question, user_id, speakers, self.when(question, now)))
 
     @staticmethod
     def read(question: str, shown: Sequence[Any], raw: str) -> Answer:
@@ -161,14 +220,22 @@ class AnswerAgent:
         """Answer several questions with one batched generate call."""
         if not questions:
             return []
-        speakers = list(speakers) if speakers is not None else self.speakers(user_id)
-        prompts, shown = [], []
+        found, now = self.present(user_id)
+        speakers = list(speakers) if speakers is not None else found
+        prompts, shown, ranked, search_ms = [], [], [], []
         for q in questions:
-            messages, kept = self.prompt(q, user_id, speakers)
+            start = time.perf_counter()
+            hits = self.retrieve(q, user_id, speakers, self.when(q, now))
+            search_ms.append((time.perf_counter() - start) * 1000)
+            messages, kept = self.build(q, hits)
             prompts.append(messages)
             shown.append(kept)
+            ranked.append(hits)
         replies = self.ask(prompts)
-        return [self.read(q, kept, raw) for q, kept, raw in zip(questions, shown, replies)]
+        answers = [self.read(q, kept, raw) for q, kept, raw in zip(questions, shown, replies)]
+        for a, ms, hits in zip(answers, search_ms, ranked):
+            a.search_ms, a.ranked = ms, hits
+        return answers
 
 
 def _date(record: Any) -> str:

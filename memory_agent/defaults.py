@@ -13,6 +13,7 @@ __all__ = [
     "MANAGER_MAX_NEW_TOKENS",
     "MANAGER_STOP",
     "ANSWER_K",
+    "ANSWER_RETRIEVAL",
     "ANSWER_MAX_PROMPT_TOKENS",
     "ANSWER_MAX_NEW_TOKENS",
     "WAVE_SIZE",
@@ -26,6 +27,8 @@ MANAGER_MAX_NEW_TOKENS = 64
 MANAGER_STOP: tuple[str, ...] = ("\n\n",)
 #: Memories retrieved for the Answer Agent (Memory-R1's 60; 30 per speaker with two speakers).
 ANSWER_K = 60
+#: How the Answer Agent and the ``rag`` method search: keyword and vector lists fused (memory_store.keyword).
+ANSWER_RETRIEVAL = "hybrid"
 #: The Answer Agent's prompt budget: the embedded model's 2,048-token window minus the reply.
 ANSWER_MAX_PROMPT_TOKENS = 1900
 #: The Answer Agent's generation budget (distilled memories, then the short answer).

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from memory_agent.answer import Answer, AnswerAgent
-from memory_agent.defaults import ANSWER_K, MANAGER_TOP_K, WAVE_SIZE
+from memory_agent.defaults import ANSWER_K, ANSWER_RETRIEVAL, MANAGER_TOP_K, WAVE_SIZE
 from memory_agent.errors import ConfigError, InvalidInput
 from memory_agent.extraction import Fact, Turn, extract_facts, parse_session_date
 from memory_agent.llms.base import LLM
@@ -87,6 +87,10 @@ class Memory:
     :mod:`memory_agent.policies`), ``None`` (the untrained model everywhere) or a
     folder with ``manager/`` and ``answer/`` adapters. Explicit ``manager_llm`` /
     ``answer_llm`` override it.
+
+    ``retrieval`` is how the Answer Agent searches (``hybrid``, ``vector`` or
+    ``keyword``; see :meth:`search`), ``reranker`` an optional
+    :class:`~memory_agent.answer.Reranker` applied to its hits.
     """
 
     def __init__(
@@ -101,7 +105,13 @@ class Memory:
         top_k: int = MANAGER_TOP_K,
         answer_k: int = ANSWER_K,
         wave_size: int = WAVE_SIZE,
+        retrieval: str = ANSWER_RETRIEVAL,
+        reranker: Any = None,
     ):
+        from memory_store import SEARCH_MODES
+
+        if retrieval not in SEARCH_MODES:
+            raise ConfigError(f"unknown retrieval mode {retrieval!r}; choose from {', '.join(SEARCH_MODES)}")
         self.store = store
         manager_llm, answer_llm = role_specs(llm, manager_llm, answer_llm, policy)
         self._specs = {
@@ -113,6 +123,8 @@ class Memory:
         self.top_k = top_k
         self.answer_k = answer_k
         self.wave_size = wave_size
+        self.retrieval = retrieval
+        self.reranker = reranker
         self.stats: Counter[str] = Counter()
 
     @classmethod
@@ -204,8 +216,16 @@ class Memory:
         return result
 
     # ------------------------------------------------------------ reading
-    def search(self, query: str, user_id: str, k: int = 5, metadata_filter: dict | None = None) -> list[Any]:
-        return self.store.search(query, user_id=user_id, k=k, metadata_filter=metadata_filter)
+    def search(self, query: str, user_id: str, k: int = 5, *, mode: str | None = None,
+               filters: Any = None) -> list[Any]:
+        """The user's k best memories for ``query``.
+
+        ``mode``: ``hybrid`` (keyword and vector fused), ``vector`` or
+        ``keyword``; default: this memory's ``retrieval``. ``filters``: the
+        store's filter language, e.g. ``{"speaker": "Caroline"}`` or
+        ``{"created_at": {"$gte": "2023-05-01"}}`` (:mod:`memory_store.filters`).
+        """
+        return self.store.search(query, user_id=user_id, k=k, mode=mode or self.retrieval, filters=filters)
 
     def answer(self, question: str, user_id: str, *, strategy: str = "memory", k: int | None = None) -> Answer:
         if strategy == "rlm":
@@ -216,7 +236,8 @@ class Memory:
 
     def answer_many(self, questions: Sequence[str], user_id: str, *, k: int | None = None) -> list[Answer]:
         """Several questions, one batched model call (evaluation uses this)."""
-        agent = AnswerAgent(self.answer_llm, self.store, k=k or self.answer_k)
+        agent = AnswerAgent(self.answer_llm, self.store, k=k or self.answer_k, retrieval=self.retrieval,
+                            reranker=self.reranker)
         answers = agent.answer_many(questions, user_id)
         self.stats["answers"] += len(answers)
         self.stats["answers_invalid"] += sum(not a.valid for a in answers)

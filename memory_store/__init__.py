@@ -17,7 +17,9 @@ from memory_store.errors import (
 from memory_store.records import (
     Add, AppliedOp, Delete, HistoryEntry, MemoryRecord, Noop, SearchHit, StoreOp, Update,
 )
+from memory_store.filters import And, Eq, Filter, In, InvalidFilter, Not, Or, Range, parse_filter
 from memory_store.inmemory import InMemoryStore
+from memory_store.keyword import SEARCH_MODES, rrf
 from memory_store.protocol import MemoryBackend
 from memory_store.store import MemoryStore
 
@@ -44,4 +46,15 @@ __all__ = [
     "MemoryNotFound",
     "EmbeddingDimensionMismatch",
     "SchemaTooNew",
+    "InvalidFilter",
+    "Filter",
+    "Eq",
+    "In",
+    "Range",
+    "And",
+    "Or",
+    "Not",
+    "parse_filter",
+    "SEARCH_MODES",
+    "rrf",
 ]

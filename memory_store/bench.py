@@ -12,6 +12,13 @@ sub-indexes every user is that case):
   same vectors, same run, as the exact-search yardstick;
 * ``recall_at_10`` (hnsw): overlap with the exact top-10;
 * ``delete_p50_ms``: ``delete`` of random ids (SQLite commit + index removal);
+* ``vector_p50_ms`` / ``keyword_p50_ms`` / ``hybrid_p50_ms`` (and p99): the
+  text search the Answer Agent runs, ``store.search(text, mode=...)``, k=10,
+  with the query's embedding looked up (not computed) so the modes compare
+  the store's own work; ``hybrid_vs_vector_p50`` is their ratio;
+* ``add_per_s_without_fts``: the same adds into a twin store whose keyword
+  index triggers were dropped, chunk by chunk interleaved with the real
+  adds; ``fts_add_cost`` = add time with the FTS index / without;
 * ``ef_sweep`` (hnsw, optional): search p50/p99 and recall@10 again at each
   given efSearch, on the same graph and queries (the build is the slow part,
   so one run can chart the whole latency/recall trade-off).
@@ -19,7 +26,10 @@ sub-indexes every user is that case):
 Vectors are synthetic but clustered (a mixture of Gaussians, normalised):
 real sentence embeddings are far from uniform, and uniform random vectors in
 384 dimensions are a degenerate worst case for graph indexes. Queries are
-fresh draws from the same mixture, not stored vectors.
+fresh draws from the same mixture, not stored vectors. Texts are 8-16 words
+drawn from a 20,000-word vocabulary with Zipf-distributed frequencies (as in
+real text, a few words are in many memories and most in few); query texts
+are 3-6 words drawn the same way.
 """
 
 from __future__ import annotations
@@ -36,7 +46,7 @@ import numpy as np
 
 from memory_store.store import MemoryStore
 
-__all__ = ["synthetic_vectors", "run_store_benchmark"]
+__all__ = ["synthetic_vectors", "synthetic_texts", "run_store_benchmark"]
 
 BENCH_USER = "bench-user"
 NOISE = 1.0  # per-dimension noise = centre scale: same-cluster cosine ~0.5, like related sentences
@@ -52,6 +62,84 @@ def synthetic_vectors(n: int, dim: int, rng: np.random.Generator, centers: np.nd
         block = centers[pick] + rng.standard_normal((m, dim), dtype=np.float32) * NOISE
         out[i : i + m] = block / np.linalg.norm(block, axis=1, keepdims=True)
     return out
+
+
+#: The most frequent ranks of the benchmark vocabulary play English's function words, which
+#: ``fts_query`` drops from real questions; benchmark queries leave them out the same way.
+FUNCTION_WORDS = 100
+
+
+def synthetic_texts(n: int, rng: np.random.Generator, lo: int = 8, hi: int = 16, vocab: int = 20_000,
+                    skip: int = 0) -> list[str]:
+    """``n`` texts of ``lo``..``hi`` words, Zipfian frequencies (words ``w<rank>``), ranks < ``skip`` left out."""
+    ranks = np.arange(1, vocab + 1, dtype=np.float64)
+    p = 1.0 / ranks
+    p[:skip] = 0.0
+    p /= p.sum()
+    lengths = rng.integers(lo, hi + 1, size=n)
+    words = rng.choice(vocab, size=int(lengths.sum()), p=p)
+    out, pos = [], 0
+    for m in lengths.tolist():
+        out.append(" ".join(f"w{w}" for w in words[pos : pos + m].tolist()))
+        pos += m
+    return out
+
+
+class _LookupEmbedder:
+    """Returns precomputed query vectors: text search timings without a model's embedding time."""
+
+    def __init__(self, dim: int, table: dict[str, np.ndarray]) -> None:
+        self.dim, self.table = dim, table
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        return np.stack([self.table[t] for t in texts])
+
+
+def _add_all(store: MemoryStore, texts: list[str], vecs: np.ndarray, chunk: int, say: Callable[[str], None],
+             twin: MemoryStore | None = None) -> tuple[list[int], float, float]:
+    """Add in chunks; with ``twin`` (a store without the keyword index) each chunk goes to both,
+    interleaved, so load swings on a shared machine hit both timings alike. -> ids, seconds, twin seconds."""
+    ids: list[int] = []
+    spent = twin_spent = 0.0
+    for start in range(0, len(texts), chunk):
+        part, part_vecs = texts[start : start + chunk], vecs[start : start + chunk]
+        t = time.perf_counter()
+        ids += store.add_many(part, BENCH_USER, embeddings=part_vecs)
+        spent += time.perf_counter() - t
+        if twin is not None:
+            t = time.perf_counter()
+            twin.add_many(part, BENCH_USER, embeddings=part_vecs)
+            twin_spent += time.perf_counter() - t
+        say(f"added {len(ids)}/{len(texts)} ({len(ids) / spent:,.0f}/s)")
+    return ids, spent, twin_spent
+
+
+def _mode_times(store: MemoryStore, qtexts: list[str], k: int) -> dict[str, Any]:
+    """p50/p99 of ``store.search`` per mode, interleaved query by query (load hits all modes alike)."""
+    times: dict[str, list[float]] = {m: [] for m in ("vector", "keyword", "hybrid")}
+    for text in qtexts[:5]:
+        for mode in times:
+            store.search(text, BENCH_USER, k=k, mode=mode)
+    for text in qtexts:
+        for mode, bucket in times.items():
+            t = time.perf_counter()
+            store.search(text, BENCH_USER, k=k, mode=mode)
+            bucket.append(time.perf_counter() - t)
+    out: dict[str, Any] = {}
+    for mode, bucket in times.items():
+        out[f"{mode}_p50_ms"], out[f"{mode}_p99_ms"] = _pct(bucket, 50), _pct(bucket, 99)
+    out["hybrid_vs_vector_p50"] = round(out["hybrid_p50_ms"] / max(out["vector_p50_ms"], 1e-9), 3)
+    return out
+
+
+def _store_without_fts(path: Path, dim: int, index: str) -> MemoryStore:
+    """A store whose keyword index triggers are dropped: the add-cost baseline (benchmark only)."""
+    from memory_store.keyword import _TRIGGERS
+
+    store = MemoryStore(path, index=index, dim=dim)
+    for name in _TRIGGERS:
+        store._db.conn.execute(f"DROP TRIGGER {name}")
+    return store
 
 
 def _load() -> float | None:
@@ -77,7 +165,7 @@ def _sweep_point(store: MemoryStore, ef: int, qs: np.ndarray, exact: list[set[in
 def run_store_benchmark(n: int = 100_000, *, dim: int = 384, index: str = "flat", queries: int = 200,
                         deletes: int = 200, path: str | Path | None = None, chunk: int = 10_000,
                         ef_search: int | None = None, ef_sweep: Sequence[int] = (), seed: int = 0,
-                        progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+                        fts_baseline: bool = True, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Build a store of ``n`` synthetic memories and time add/search/delete; returns a dict."""
     if ef_sweep and index != "hnsw":
         raise ValueError(f"ef_sweep needs the hnsw index (efSearch), not {index!r}")
@@ -94,18 +182,26 @@ def run_store_benchmark(n: int = 100_000, *, dim: int = 384, index: str = "flat"
     result: dict[str, Any] = {"n": n, "dim": dim, "index": index, "queries": queries,
                               "cpu_count": os.cpu_count(), "loadavg_1m_start": _load()}
     try:
-        with MemoryStore(path, index=index, dim=dim) as store:
+        texts = synthetic_texts(n, rng)
+        qtexts = [" ".join(t.split()[: 3 + i % 4])
+                  for i, t in enumerate(synthetic_texts(queries, rng, 6, 6, skip=FUNCTION_WORDS))]
+        lookup = _LookupEmbedder(dim, dict(zip(qtexts, qs)))
+        twin_dir = tempfile.mkdtemp(prefix="memstore-bench-nofts-") if fts_baseline else None
+        with MemoryStore(path, index=index, dim=dim, embedder=lookup) as store:
             if ef_search is not None:
                 store.set_ef_search(ef_search)
-            texts = [f"synthetic memory {i}" for i in range(n)]
-            ids: list[int] = []
-            t0 = time.perf_counter()
-            for start in range(0, n, chunk):
-                ids += store.add_many(texts[start : start + chunk], BENCH_USER, embeddings=vecs[start : start + chunk])
-                say(f"added {len(ids)}/{n} ({len(ids) / (time.perf_counter() - t0):,.0f}/s)")
-            add_s = time.perf_counter() - t0
+            twin = _store_without_fts(Path(twin_dir) / "store", dim, index) if twin_dir else None
+            try:
+                ids, add_s, twin_s = _add_all(store, texts, vecs, chunk, say, twin)
+            finally:
+                if twin is not None:
+                    twin.close()
+                    shutil.rmtree(twin_dir, ignore_errors=True)
             result["add_per_s"] = round(n / add_s, 1)
             result["add_total_s"] = round(add_s, 2)
+            if twin is not None:
+                result["add_per_s_without_fts"] = round(n / twin_s, 1)
+                result["fts_add_cost"] = round(add_s / twin_s, 3)
 
             k = 10
             search_t, scan_t, got = [], [], []
@@ -133,6 +229,9 @@ def run_store_benchmark(n: int = 100_000, *, dim: int = 384, index: str = "flat"
             result["recall_at_10"] = round(recall, 4)
             say(f"search p50 {result['search_p50_ms']} ms, numpy {result['numpy_scan_p50_ms']} ms, "
                 f"recall@10 {recall:.3f}")
+            result.update(_mode_times(store, qtexts, k))
+            say(f"text search p50: vector {result['vector_p50_ms']} ms, keyword {result['keyword_p50_ms']} ms, "
+                f"hybrid {result['hybrid_p50_ms']} ms")
             if ef_sweep:
                 default_ef = store.ef_search
                 result["ef_sweep"] = [_sweep_point(store, ef, qs, exact, k) for ef in ef_sweep]
@@ -158,6 +257,7 @@ def run_store_benchmark(n: int = 100_000, *, dim: int = 384, index: str = "flat"
         with MemoryStore(path, index=index, dim=dim) as store:
             result["reopen_s"] = round(time.perf_counter() - t, 2)
             result["count_after"] = store.count()
+
         result["loadavg_1m_end"] = _load()  # the machine is shared: read numbers with this
     finally:
         if tmp is not None:

@@ -10,15 +10,20 @@ and the first write copies them (a few hundred kilobytes for a LoCoMo bank).
 Everything a caller sees behaves as in :class:`memory_store.MemoryStore`:
 the same validation (same typed errors, raised before any change), ids that
 are never reused, per-user scoping, the same exact ranking (the same flat
-index class, so ties break the same way), metadata filters with the same
-typing rules, history rows, and all-or-nothing ``apply``. The contract tests
-run against both. Nothing is persisted; ``close()`` only forbids further use.
+index class, so ties break the same way), history rows, and all-or-nothing
+``apply``. Keyword search and filters run on a private in-memory SQLite
+mirror (id, user, text, times, metadata) with the *same* FTS5 table,
+triggers and compiled filter SQL as the durable store, so BM25 scores, hybrid
+rankings and filter semantics are identical, not re-implemented. The
+contract tests run against both. Nothing is persisted; ``close()`` only
+forbids further use.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import sqlite3
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -27,12 +32,13 @@ import numpy as np
 
 from memory_store.embedders import Embedder
 from memory_store.errors import EmbeddingDimensionMismatch, MemoryNotFound, StoreError
+from memory_store.filters import parse_filter, to_sql
 from memory_store.index import VectorIndex
+from memory_store.keyword import keyword_ranked, ranked_search, repair_fts
 from memory_store.records import AppliedOp, HistoryEntry, MemoryRecord, SearchHit
 from memory_store.plans import plan_add_many, plan_apply
 from memory_store.validation import (
-    check_filter, check_id, check_k, check_label, check_text, check_timestamp,
-    check_user, check_vectors, matches_filter,
+    check_id, check_k, check_label, check_mode, check_text, check_timestamp, check_user, check_vectors,
 )
 
 __all__ = ["InMemoryStore"]
@@ -40,6 +46,21 @@ __all__ = ["InMemoryStore"]
 
 def _sha(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _mirror() -> sqlite3.Connection:
+    """An empty SQLite mirror with the durable store's column names, FTS table and triggers."""
+    conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+    conn.execute("CREATE TABLE memories (id INTEGER PRIMARY KEY, user_id TEXT NOT NULL, text TEXT NOT NULL,"
+                 " created_at TEXT NOT NULL, updated_at TEXT NOT NULL, metadata TEXT NOT NULL)")
+    repair_fts(conn)
+    return conn
+
+
+def _copy(conn: sqlite3.Connection) -> sqlite3.Connection:
+    dst = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+    conn.backup(dst)
+    return dst
 
 
 class InMemoryStore:
@@ -55,6 +76,7 @@ class InMemoryStore:
         self._records: dict[int, MemoryRecord] = {}
         self._index = VectorIndex(self.dim, "flat")
         self._history: list[HistoryEntry] = []
+        self._sql = _mirror()
         self._last_id = 0
         self._shared = False  # True while a fork may still read our containers
         self._closed = False
@@ -85,6 +107,7 @@ class InMemoryStore:
             child = InMemoryStore.__new__(InMemoryStore)
             child.embedder, child.dim = self.embedder, self.dim
             child._records, child._index, child._history = self._records, self._index, self._history
+            child._sql = self._sql
             child._last_id, child._closed, child._lock = self._last_id, False, threading.RLock()
             child._shared = self._shared = True
             return child
@@ -95,6 +118,7 @@ class InMemoryStore:
             self._records = dict(self._records)
             self._index = self._index.copy()
             self._history = list(self._history)
+            self._sql = _copy(self._sql)
             self._shared = False
 
     # ---- writes ---------------------------------------------------------------------
@@ -185,12 +209,29 @@ class InMemoryStore:
                     applied.append(AppliedOp.model_construct(op="DELETE", id=mid, old_text=old.text, new_text=None))
                 else:
                     applied.append(AppliedOp.model_construct(op="NOOP", id=None, old_text=None, new_text=None))
+            self._mirror_rows(upserts.keys(), removed)
             if upserts:
                 ids = np.fromiter(upserts, dtype=np.int64, count=len(upserts))
                 self._index.add(user_id, ids, np.stack(list(upserts.values())))
             if removed:
                 self._index.remove(removed)
             return applied
+
+    def _mirror_rows(self, upserted: Any, removed: set[int]) -> None:
+        """Bring the SQLite mirror (and through its triggers the FTS table) in step with the records."""
+        conn = self._sql
+        conn.execute("BEGIN")
+        try:
+            conn.executemany("DELETE FROM memories WHERE id = ?", [(i,) for i in [*upserted, *removed]])
+            rows = [self._records[i] for i in upserted]
+            conn.executemany(
+                "INSERT INTO memories (id, user_id, text, created_at, updated_at, metadata) VALUES (?, ?, ?, ?, ?, ?)",
+                [(r.id, r.user_id, r.text, r.created_at, r.updated_at,
+                  json.dumps(r.metadata, ensure_ascii=False, separators=(",", ":"))) for r in rows])
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
 
     def _event(self, mid: int, user_id: str, event: str, old: str | None, new: str | None, actor: str,
                source: str | None, at: str) -> None:
@@ -238,30 +279,43 @@ class InMemoryStore:
             user_id = check_user(user_id)
             return sum(r.user_id == user_id for r in self._records.values())
 
-    def search(self, query: str, user_id: str, k: int = 5,
-               metadata_filter: dict[str, Any] | None = None) -> list[SearchHit]:
-        """The user's k memories most similar to ``query``, best first."""
+    def search(self, query: str, user_id: str, k: int = 5, *, mode: str = "hybrid",
+               filters: Any = None) -> list[SearchHit]:
+        """The user's k memories best matching ``query`` (as :meth:`memory_store.MemoryStore.search`)."""
         query, user_id, k = check_text(query, "query"), check_user(user_id), check_k(k)
-        check_filter(metadata_filter)
-        return self.search_vector(self._embed([query])[0], user_id, k, metadata_filter)
-
-    def search_vector(self, vec: Any, user_id: str, k: int = 5,
-                      metadata_filter: dict[str, Any] | None = None) -> list[SearchHit]:
-        """Like ``search`` with a precomputed query vector (re-normalised)."""
-        user_id, k = check_user(user_id), check_k(k)
-        q = check_vectors(vec, 1, self.dim)[0]
-        check_filter(metadata_filter)
+        mode, flt = check_mode(mode), parse_filter(filters)
+        vec = self._embed([query])[0] if mode != "keyword" else None
+        where, params = to_sql(flt)
         with self._lock:
             self._check_open()
-            if metadata_filter:
-                subset = sorted(i for i, r in self._records.items()
-                                if r.user_id == user_id and matches_filter(r.metadata, metadata_filter))
-                ids, scores = self._index.search_subset(user_id, q, k, subset)
-            else:
-                ids, scores = self._index.search(user_id, q, k)
-            records = self._records
-            return [SearchHit.model_construct(**records[i].__dict__, score=float(s))
-                    for i, s in zip(ids.tolist(), scores.tolist()) if i in records]
+            ranked = ranked_search(
+                mode, k,
+                vector=lambda n: self._vector_ranked(vec, user_id, n, flt),
+                keyword=lambda n: keyword_ranked(self._sql, query, user_id, n, where, params))
+            return self._hits(ranked)
+
+    def search_vector(self, vec: Any, user_id: str, k: int = 5, *, filters: Any = None) -> list[SearchHit]:
+        """Vector search with a precomputed query vector (re-normalised); ``score`` is the cosine."""
+        user_id, k = check_user(user_id), check_k(k)
+        q = check_vectors(vec, 1, self.dim)[0]
+        flt = parse_filter(filters)
+        with self._lock:
+            self._check_open()
+            return self._hits(self._vector_ranked(q, user_id, k, flt))
+
+    def _vector_ranked(self, q: np.ndarray, user_id: str, k: int, flt: Any) -> list[tuple[int, float]]:
+        if flt is None:
+            ids, scores = self._index.search(user_id, q, k)
+        else:
+            where, params = to_sql(flt)
+            subset = [r[0] for r in self._sql.execute(
+                f"SELECT id FROM memories m WHERE m.user_id = ? AND {where} ORDER BY id", [user_id, *params])]
+            ids, scores = self._index.search_subset(user_id, q, k, subset)
+        return list(zip(ids.tolist(), scores.tolist()))
+
+    def _hits(self, ranked: list[tuple[int, float]]) -> list[SearchHit]:
+        records = self._records
+        return [SearchHit.model_construct(**records[i].__dict__, score=float(s)) for i, s in ranked if i in records]
 
     def stats(self) -> dict[str, Any]:
         with self._lock:

@@ -1,7 +1,9 @@
 """The storage contract the agents are written against.
 
 The Memory Manager and the Answer Agent need four things from a store:
-ranked search (by text or by a precomputed vector), the user's memories in
+ranked search (by text in the modes of :data:`memory_store.keyword.SEARCH_MODES`,
+or by a precomputed vector), with filters (:mod:`memory_store.filters`)
+enforced by the store, the user's memories in
 order, and one atomic batch of operations. :class:`MemoryBackend` names
 exactly those, plus the embedder the manager batches its queries with.
 :class:`~memory_store.MemoryStore` (SQLite + FAISS, durable) and
@@ -27,11 +29,10 @@ class MemoryBackend(Protocol):
 
     embedder: Embedder | None
 
-    def search(self, query: str, user_id: str, k: int = 5,
-               metadata_filter: dict[str, Any] | None = None) -> list[SearchHit]: ...
+    def search(self, query: str, user_id: str, k: int = 5, *, mode: str = "hybrid",
+               filters: Any = None) -> list[SearchHit]: ...
 
-    def search_vector(self, vec: Any, user_id: str, k: int = 5,
-                      metadata_filter: dict[str, Any] | None = None) -> list[SearchHit]: ...
+    def search_vector(self, vec: Any, user_id: str, k: int = 5, *, filters: Any = None) -> list[SearchHit]: ...
 
     def list(self, user_id: str) -> list[MemoryRecord]: ...
 

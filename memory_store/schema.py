@@ -14,6 +14,8 @@ Tables:
 * ``history``: every ADD/UPDATE/DELETE with old/new text, actor, source, time.
 * ``changes``: one row per memory touched per commit; ``max(seq)`` is the
   change counter other processes read to detect that their index is stale.
+* ``memories_fts`` (v2): the FTS5 keyword index of memory text, kept in step
+  by triggers on ``memories`` (see :mod:`memory_store.keyword`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from pathlib import Path
 
 import sqlite_utils
 
+from memory_store import keyword
 from memory_store.errors import SchemaTooNew, StoreError
 
 __all__ = [
@@ -78,8 +81,13 @@ def _v1(db: sqlite_utils.Database) -> None:
     db.execute("CREATE TABLE changes (seq INTEGER PRIMARY KEY AUTOINCREMENT, memory_id INTEGER NOT NULL)")
 
 
+def _v2(db: sqlite_utils.Database) -> None:
+    # The keyword index, filled from the rows a v1 store already holds.
+    keyword.repair_fts(db.conn)
+
+
 # Append-only: migration i (1-based) brings user_version from i-1 to i.
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1]
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

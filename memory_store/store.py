@@ -32,14 +32,15 @@ import numpy as np
 from memory_store import schema
 from memory_store.embedders import Embedder
 from memory_store.errors import EmbeddingDimensionMismatch, InvalidInput, MemoryNotFound, StoreError
+from memory_store.filters import parse_filter, to_sql
 from memory_store.index import HNSW_EF_SEARCH, INDEX_KINDS, IndexLoadError, VectorIndex
 from memory_store.records import (
     AppliedOp, HistoryEntry, MemoryRecord, SearchHit,
 )
+from memory_store.keyword import fts_problem, keyword_ranked, ranked_search, repair_fts
 from memory_store.plans import plan_add_many, plan_apply
 from memory_store.validation import (
-    check_filter, check_id, check_k, check_label, check_text, check_timestamp,
-    check_user, check_vectors,
+    check_id, check_k, check_label, check_mode, check_text, check_timestamp, check_user, check_vectors,
 )
 
 __all__ = ["MemoryStore", "INDEX_FILE"]
@@ -110,6 +111,7 @@ class MemoryStore:
             elif recorded_kind != self.index_kind:
                 with schema.write_txn(self._db):
                     schema.set_meta(self._db, "index_kind", self.index_kind)
+            self._repair_keyword_index()
             self._index = self._open_index()
         except BaseException:
             self._db.conn.close()
@@ -140,6 +142,16 @@ class MemoryStore:
                 yield
             finally:
                 conn.execute("COMMIT")
+
+    def _repair_keyword_index(self) -> None:
+        """Rebuild a missing or out-of-step FTS index from the truth (checked without the write lock first)."""
+        if fts_problem(self._db.conn) is None:
+            return
+        with schema.write_txn(self._db):
+            problem = fts_problem(self._db.conn)  # re-checked under the lock: another opener may have fixed it
+            if problem is not None:
+                log.warning("store %s: %s; rebuilding it from SQLite", self.path, problem)
+                repair_fts(self._db.conn)
 
     def _open_index(self) -> VectorIndex:
         file = self.path / INDEX_FILE
@@ -392,39 +404,55 @@ class MemoryStore:
             return int(self._db.conn.execute("SELECT count(*) FROM memories WHERE user_id = ?",
                                              [check_user(user_id)]).fetchone()[0])
 
-    def search(self, query: str, user_id: str, k: int = 5,
-               metadata_filter: dict[str, Any] | None = None) -> list[SearchHit]:
-        """The user's k memories most similar to ``query``, best first."""
-        query, user_id, k = check_text(query, "query"), check_user(user_id), check_k(k)
-        check_filter(metadata_filter)
-        return self.search_vector(self._embed([query])[0], user_id, k, metadata_filter)
+    def search(self, query: str, user_id: str, k: int = 5, *, mode: str = "hybrid",
+               filters: Any = None) -> list[SearchHit]:
+        """The user's k memories best matching ``query``, best first.
 
-    def search_vector(self, vec: Any, user_id: str, k: int = 5,
-                      metadata_filter: dict[str, Any] | None = None) -> list[SearchHit]:
-        """Like ``search`` with a precomputed query vector (re-normalised)."""
-        user_id, k = check_user(user_id), check_k(k)
-        q = check_vectors(vec, 1, self.dim)[0]
-        conds = check_filter(metadata_filter)
+        ``mode``: ``"hybrid"`` (default: vector and keyword lists fused by
+        reciprocal rank; ``score`` is the RRF score), ``"vector"`` (cosine) or
+        ``"keyword"`` (BM25, higher is better). ``filters``: see
+        :mod:`memory_store.filters`; enforced here, in every mode.
+        """
+        query, user_id, k = check_text(query, "query"), check_user(user_id), check_k(k)
+        mode, flt = check_mode(mode), parse_filter(filters)
+        vec = self._embed([query])[0] if mode != "keyword" else None
+        where, params = to_sql(flt)
         with self._reading():
             conn = self._db.conn
-            if conds:
-                sql = "SELECT id FROM memories WHERE user_id = ?"
-                params: list[Any] = [user_id]
-                for key, cond, extra in conds:
-                    sql += f" AND EXISTS (SELECT 1 FROM json_each(memories.metadata) j WHERE j.key = ? AND {cond})"
-                    params += [key, *extra]
-                subset = [r[0] for r in conn.execute(sql, params)]
-                ids, scores = self._index.search_subset(user_id, q, k, subset)
-            else:
-                ids, scores = self._index.search(user_id, q, k)
-            id_list = ids.tolist()
-            rows: dict[int, Any] = {}
-            for part in _chunks(id_list):
-                marks = ",".join("?" * len(part))
-                for r in conn.execute(f"SELECT {_COLS} FROM memories WHERE user_id = ? AND id IN ({marks})",
-                                      [user_id, *part]):
-                    rows[r[0]] = r
-        return [_record(rows[i], SearchHit, score=float(s)) for i, s in zip(id_list, scores.tolist()) if i in rows]
+            ranked = ranked_search(
+                mode, k,
+                vector=lambda n: self._vector_ranked(vec, user_id, n, flt),
+                keyword=lambda n: keyword_ranked(conn, query, user_id, n, where, params))
+            return self._hits(user_id, ranked)
+
+    def search_vector(self, vec: Any, user_id: str, k: int = 5, *, filters: Any = None) -> list[SearchHit]:
+        """Vector search with a precomputed query vector (re-normalised); ``score`` is the cosine."""
+        user_id, k = check_user(user_id), check_k(k)
+        q = check_vectors(vec, 1, self.dim)[0]
+        flt = parse_filter(filters)
+        with self._reading():
+            return self._hits(user_id, self._vector_ranked(q, user_id, k, flt))
+
+    def _vector_ranked(self, q: np.ndarray, user_id: str, k: int, flt: Any) -> list[tuple[int, float]]:
+        """The index's k best ``(id, cosine)`` among the user's rows passing ``flt`` (caller holds a snapshot)."""
+        if flt is None:
+            ids, scores = self._index.search(user_id, q, k)
+        else:
+            where, params = to_sql(flt)
+            subset = [r[0] for r in self._db.conn.execute(
+                f"SELECT id FROM memories m WHERE m.user_id = ? AND {where} ORDER BY id", [user_id, *params])]
+            ids, scores = self._index.search_subset(user_id, q, k, subset)
+        return list(zip(ids.tolist(), scores.tolist()))
+
+    def _hits(self, user_id: str, ranked: list[tuple[int, float]]) -> list[SearchHit]:
+        """Records for ranked ids, in rank order, re-read from SQLite under the user's id."""
+        rows: dict[int, Any] = {}
+        for part in _chunks([i for i, _ in ranked]):
+            marks = ",".join("?" * len(part))
+            for r in self._db.conn.execute(f"SELECT {_COLS} FROM memories WHERE user_id = ? AND id IN ({marks})",
+                                           [user_id, *part]):
+                rows[r[0]] = r
+        return [_record(rows[i], SearchHit, score=float(s)) for i, s in ranked if i in rows]
 
     def set_ef_search(self, ef_search: int) -> None:
         """HNSW search breadth (recall vs latency); ignored by the flat index."""

@@ -17,6 +17,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from memory_store.errors import EmbeddingDimensionMismatch, InvalidInput, MemoryNotFound
+from memory_store.keyword import SEARCH_MODES
 from memory_store.records import STORE_OP_ADAPTER, Add, Delete, Noop, Update
 
 __all__ = [
@@ -28,9 +29,8 @@ __all__ = [
     "check_timestamp",
     "check_label",
     "check_vectors",
-    "check_filter",
+    "check_mode",
     "check_ops",
-    "matches_filter",
     "now_iso",
 ]
 
@@ -127,56 +127,11 @@ def check_vectors(vecs: Any, n: int, dim: int) -> np.ndarray:
     return np.ascontiguousarray(arr / norms, dtype=np.float32)
 
 
-def check_filter(metadata_filter: Any) -> list[tuple[str, str, list[Any]]]:
-    """Turn ``{"key": value}`` into parameterised SQL conditions over json_each.
-
-    json_each binds the key as a parameter (no JSON-path quoting issues) and
-    its ``type`` column keeps True distinct from 1 and "1".
-    """
-    if metadata_filter is None:
-        return []
-    if not isinstance(metadata_filter, dict):
-        raise InvalidInput(f"metadata_filter must be a dict or None, got {type(metadata_filter).__name__}")
-    out = []
-    for key, value in metadata_filter.items():
-        if not isinstance(key, str):
-            raise InvalidInput("metadata_filter keys must be strings")
-        if value is None:
-            out.append((key, "j.type = 'null'", []))
-        elif isinstance(value, bool):
-            out.append((key, "j.type = ?", ["true" if value else "false"]))
-        elif isinstance(value, str):
-            out.append((key, "j.type = 'text' AND j.value = ?", [value]))
-        elif isinstance(value, (int, float)):
-            out.append((key, "j.type IN ('integer', 'real') AND j.value = ?", [value]))
-        elif isinstance(value, (dict, list)):
-            out.append((key, "j.type IN ('object', 'array') AND j.value = json(?)",
-                        [json.dumps(value, ensure_ascii=False, separators=(",", ":"))]))
-        else:
-            raise InvalidInput(f"metadata_filter value for {key!r} must be JSON-like, got {type(value).__name__}")
-    return out
-
-
-def matches_filter(metadata: dict[str, Any], metadata_filter: dict[str, Any] | None) -> bool:
-    """Whether ``metadata`` passes ``metadata_filter`` (checked by :func:`check_filter`).
-
-    The same rule as the SQL ``check_filter`` builds, for stores without SQL:
-    the key must be present and its value of the same JSON type and equal
-    (``True`` is not ``1``, ``"1"`` is not ``1``).
-    """
-    for key, want in (metadata_filter or {}).items():
-        if key not in metadata:
-            return False
-        have = metadata[key]
-        if want is None or isinstance(want, bool) or isinstance(have, bool):
-            if not (have is want or (isinstance(have, bool) and isinstance(want, bool) and have == want)):
-                return False
-        elif isinstance(want, (int, float)):
-            if not isinstance(have, (int, float)) or have != want:
-                return False
-        elif type(have) is not type(want) or have != want:
-            return False
-    return True
+def check_mode(mode: Any) -> str:
+    """A search mode of :data:`memory_store.keyword.SEARCH_MODES`."""
+    if mode not in SEARCH_MODES:
+        raise InvalidInput(f"search mode must be one of {', '.join(SEARCH_MODES)}, got {mode!r}")
+    return mode
 
 
 def check_ops(ops: Any, user_id: str) -> tuple[list[Add | Update | Delete | Noop], list[str]]:

@@ -100,3 +100,66 @@ def test_display_date_of_a_record_prefers_the_update_time(store):
     mid = store.add("Alice lives in Paris", user_id="u", timestamp="2023-01-01T10:00:00")
     store.update(mid, "Alice lives in Berlin", user_id="u", timestamp="2023-03-02T10:00:00")
     assert display_date(store.get(mid, user_id="u")) == "2 March 2023"
+
+
+def test_time_named_in_the_question_boosts_memories_dated_in_it(store):
+    for month in range(1, 13):  # one trip memory per month; only the dates tell them apart
+        store.add(f"Alice went on a trip {month}", "u", {"speaker": "Alice"}, timestamp=f"2023-{month:02d}-15T10:00:00")
+    question = "Where did Alice go on a trip in May 2023?"
+    plain = AnswerAgent(None, store, k=3, time_aware=False).retrieve(question, "u")
+    timed_agent = AnswerAgent(None, store, k=3)
+    _, now = timed_agent.present("u")
+    when = timed_agent.when(question, now)
+    assert when is not None and when.text
+    timed = timed_agent.retrieve(question, "u", when=when)
+    assert timed[0].created_at.startswith("2023-05")
+    assert not plain or not all(h.created_at.startswith("2023-05") for h in plain[:1]) or plain[0].text.endswith(" 5")
+    # a boost, not a filter: other months are still retrieved
+    assert {h.created_at[:7] for h in timed} - {"2023-05"}
+
+
+def test_relative_times_are_anchored_at_the_newest_memory(store):
+    store.add("Alice adopted a dog", "u", {"speaker": "Alice"}, timestamp="2022-06-01T10:00:00")
+    store.add("Alice adopted a cat", "u", {"speaker": "Alice"}, timestamp="2023-06-01T10:00:00")
+    agent = AnswerAgent(None, store, k=1)
+    speakers, now = agent.present("u")
+    assert speakers == ["Alice"] and now.startswith("2023-06-01")
+    when = agent.when("What did Alice adopt last year?", now)
+    assert when.start.year == 2022 and when.end.year == 2023
+    assert agent.retrieve("What did Alice adopt last year?", "u", when=when)[0].text == "Alice adopted a dog"
+
+
+class _Reverse:
+    def __init__(self):
+        self.seen = []
+
+    def rerank(self, query, hits):
+        self.seen.append((query, len(hits)))
+        return list(reversed(hits))[:2]
+
+
+def test_reranker_reorders_before_the_budget(store, scripted):
+    _fill(store)
+    rr = _Reverse()
+    llm = scripted(["**Answer:** x"])
+    ans = AnswerAgent(llm, store, reranker=rr).answer("Where does Alice live?", "u")
+    assert rr.seen == [("Where does Alice live?", 5)] and len(ans.retrieved) == 2 and len(ans.ranked) == 2
+    assert ans.search_ms is not None and ans.search_ms >= 0
+
+
+@pytest.mark.parametrize("mode", ["vector", "keyword", "hybrid"])
+def test_every_retrieval_mode_answers_and_stays_in_the_user(store, scripted, mode):
+    _fill(store)
+    llm = scripted(["**Answer:** Rome"])
+    ans = AnswerAgent(llm, store, retrieval=mode).answer("Where does Bob live? Rome?", "u")
+    assert ans.valid and all(m.user_id == "u" for m in ans.ranked)
+    assert any(m.text == "Bob lives in Rome" for m in ans.retrieved)
+
+
+def test_bad_retrieval_settings_are_config_errors(store):
+    from memory_agent.errors import ConfigError
+
+    with pytest.raises(ConfigError):
+        AnswerAgent(None, store, retrieval="bm25")
+    with pytest.raises(ConfigError):
+        AnswerAgent(None, store, reranker=object())

@@ -49,6 +49,17 @@ def test_add_search_history_ask_info(tmp_path, script):
     res = run(["search", "where does Alice live", "--json", *common])
     hits = json.loads(res.stdout)
     assert hits[0]["id"] == mid and hits[0]["text"] == "Alice lives in Munich"
+    for mode in ("vector", "keyword", "hybrid"):
+        res = run(["search", "Munich", "--mode", mode, "--json", *common])
+        assert res.exit_code == 0 and json.loads(res.stdout)[0]["id"] == mid
+    res = run(["search", "Munich", "--filter", '{"created_at": {"$lt": "2024-01-01"}}', "--json", *common])
+    assert json.loads(res.stdout) == []  # the memory is dated 2024
+    res = run(["search", "Munich", "--filter", '{"speaker": {"$regex": "A"}}', *common])
+    from memory_store import InvalidFilter  # `memory-agent` (main) prints it as one "error:" line
+
+    assert isinstance(res.exception, InvalidFilter) and "unknown operator" in str(res.exception)
+    res = run(["search", "Munich", "--filter", "{not json", *common])
+    assert res.exit_code != 0 and "not JSON" in res.output
 
     res = run(["history", str(mid), *common])
     assert res.exit_code == 0 and "ADD" in res.output and "UPDATE" in res.output

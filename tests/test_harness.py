@@ -17,10 +17,11 @@ from data.synthetic import generate
 from memory_agent.errors import ConfigError
 
 SUMMARY_KEYS = {"method", "model", "n_questions", "f1_kind", "overall", "by_category", "latency_ms",
-                "context_tokens_mean", "answer_recall", "ingest"}
+                "context_tokens_mean", "answer_recall", "retrieval", "ingest"}
 ROW_KEYS = {"sample_id", "qid", "question", "gold", "prediction", "category", "category_name", "tags", "evidence",
             "valid", "retrieved_ids", "search_ms", "answer_ms", "context_tokens", "raw", "f1_mem0", "f1_locomo",
-            "bleu1", "em", "answer_recall"}
+            "bleu1", "em", "answer_recall", "answer_recall_k", "evidence_recall", "evidence_recall_shown",
+            "ranked_sources"}
 ANSWER = "Relevant: [0]\n**Answer:** Lyon"
 
 
@@ -91,6 +92,12 @@ def test_single_method_writes_every_file(tmp_path, data_file, models):
     assert all(r["f1_mem0"] == token_f1("Lyon", r["gold"]) for r in rows)
     assert all(r["answer_recall"] is None or 0 <= r["answer_recall"] <= 1 for r in rows)
     assert 0 <= summary["answer_recall"]["overall"] <= 100  # rag shows turns: the gold is often among them
+    assert set(summary["retrieval"]) == {"evidence_recall", "evidence_recall_shown", "answer_recall_k"}
+    # synthetic evidence is the turn that states the fact; rag stores exactly those turns
+    assert all(r["evidence_recall"] is None or 0 <= r["evidence_recall"] <= 1 for r in rows)
+    assert summary["retrieval"]["evidence_recall"]["overall"] > 50
+    assert all(len(r["ranked_sources"]) <= 60 and r["retrieved_ids"] for r in rows)
+    assert "## Retrieval" in (out / "report.md").read_text()
     assert (out / "by_category.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = (out / "report.md").read_text()
     assert "Mem0 / Memory-R1 token-set F1" in report and "| single-hop |" in report
@@ -161,11 +168,11 @@ def test_several_methods_and_compare(tmp_path, data_file, models):
         assert summary["f1_kind"] == "locomo" and summary["n_questions"] == 5
         assert "judge" not in summary["overall"]
     assert (out / "compare.png").read_bytes()[:4] == b"\x89PNG"
-    assert "| rag (scripted) |" in (out / "compare.md").read_text()
+    assert "| rag (scripted, retrieval=hybrid) |" in (out / "compare.md").read_text()
 
     cmp_dir = tmp_path / "cmp"
     res = _cli("compare", out / "rag", out / "full-context", "--out", cmp_dir, "--f1", "mem0")
-    assert "rag (scripted)" in res.output
+    assert "rag (scripted, retrieval=hybrid)" in res.output
     combined = json.loads((cmp_dir / "compare.json").read_text())
     assert combined["f1_kind"] == "mem0" and [r["method"] for r in combined["runs"]] == ["rag", "full-context"]
     (paired,) = combined["paired"]  # the second run against the first, question by question
@@ -287,3 +294,86 @@ def test_run_label_tells_runs_of_one_method_apart(summary, label):
     from eval.report import run_label
 
     assert run_label(summary) == label
+
+
+def test_run_identity_covers_every_prediction_option(tmp_path, data_file, models):
+    from eval.harness import EvalConfig, run_eval
+
+    out = tmp_path / "run"
+    base = dict(out=out, methods=["rag"], data=str(data_file), model="scripted", embedder="hashing",
+                progress=False, limit_questions=2)
+    run_eval(EvalConfig(**base))
+    for change in ({"top_k": 5}, {"retrieval": ("vector",)}, {"answer_model": "judge-ok"}):
+        with pytest.raises(ConfigError, match="holds another run"):
+            run_eval(EvalConfig(**base, **change))
+    run_eval(EvalConfig(**base, context_window=999))  # full-context only: not part of a rag run's identity
+
+
+def test_several_retrievals_share_one_ingest(tmp_path, data_file, models, monkeypatch):
+    from eval import methods
+    from eval.harness import EvalConfig, run_eval
+
+    built = []
+    real = methods.MemoryR1Method.ingest
+    monkeypatch.setattr(methods.MemoryR1Method, "ingest",
+                        lambda self, conv, d, **kw: built.append((self.name, conv.sample_id)) or real(self, conv, d, **kw))
+    out = tmp_path / "modes"
+    summaries = run_eval(EvalConfig(out=out, methods=["add-all", "memory-r1"], data=str(data_file), model="scripted",
+                                    embedder="hashing", progress=False, limit_questions=4,
+                                    retrieval=("vector", "keyword", "hybrid")))
+    assert len(summaries) == 6 and sorted(p.name for p in out.iterdir() if p.is_dir()) == sorted(
+        f"{m}-{r}" for m in ("add-all", "memory-r1") for r in ("vector", "keyword", "hybrid"))
+    assert built.count(("memory-r1", "synthetic-1")) == 1  # built once, for the first mode
+    assert built.count(("add-all", "synthetic-1")) == 1
+    for mode in ("vector", "keyword", "hybrid"):
+        run = json.loads((out / f"memory-r1-{mode}" / "run.json").read_text())
+        assert run["retrieval"] == mode and run["top_k"] == 60
+        assert (out / f"memory-r1-{mode}" / "stores" / "synthetic-1.ingested.json").is_file()
+    # an earlier run lends its stores when the memory would be the same
+    again = tmp_path / "again"
+    run_eval(EvalConfig(out=again, methods=["memory-r1"], data=str(data_file), model="scripted", embedder="hashing",
+                        progress=False, limit_questions=4, retrieval=("keyword",),
+                        stores_from=out / "memory-r1-vector"))
+    assert built.count(("memory-r1", "synthetic-1")) == 1
+    with pytest.raises(ConfigError, match="retrieval"):
+        run_eval(EvalConfig(out=tmp_path / "x", methods=["rag"], data=str(data_file), model="scripted",
+                            embedder="hashing", progress=False, retrieval=("bm25",)))
+
+
+def test_timed_search_is_the_answer_agents_own(tmp_path, data_file, models, monkeypatch):
+    from eval.harness import EvalConfig, run_eval
+    from memory_store import HashingEmbedder, MemoryStore
+
+    calls = []
+    real = MemoryStore.search
+    monkeypatch.setattr(MemoryStore, "search", lambda self, *a, **kw: calls.append(kw.get("mode")) or real(self, *a, **kw))
+    out = tmp_path / "timed"
+    run_eval(EvalConfig(out=out, methods=["memory-r1"], data=str(data_file), model="scripted", embedder="hashing",
+                        progress=False, limit_questions=3, retrieval=("keyword",)))
+    # only the Answer Agent's searches (one per speaker, no time named in these questions), in its mode
+    with MemoryStore(out / "stores" / "synthetic-1", embedder=HashingEmbedder(384)) as s:
+        speakers = {r.metadata.get("speaker") for r in s.list("synthetic-1")}
+    assert calls and set(calls) == {"keyword"} and len(calls) == 3 * (2 if len(speakers) == 2 else 1)
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert all(r["search_ms"] is not None and r["search_ms"] < r["answer_ms"] for r in rows)
+
+
+def test_evidence_recall_on_known_answers(tmp_path):
+    """A tiny memory where the retrievable evidence is known: recall is exact, not approximate."""
+    from data.schema import QA, Conversation, Session, Turn
+    from eval.harness import EvalConfig, run_eval
+    from memory_agent.llms import ScriptedLLM
+
+    turns = [Turn(dia_id="D1:1", speaker="Ann", text="I adopted a greyhound named Comet"),
+             Turn(dia_id="D1:2", speaker="Bob", text="The weather is mild"),
+             Turn(dia_id="D1:3", speaker="Ann", text="My sister lives in Oslo")]
+    session = Session(index=1, date_time="1:00 pm on 8 May, 2023", timestamp="2023-05-08T13:00:00", turns=turns)
+    conv = Conversation(sample_id="tiny", speaker_a="Ann", speaker_b="Bob", sessions=[session], qa=[
+        QA(question="What is the greyhound called?", answer="Comet", evidence=("D1:1",), category=1),
+        QA(question="Where do the greyhound and the sister live?", answer="Oslo",
+           evidence=("D1:1", "D1:3", "D9:9"), category=1)])
+    run_eval(EvalConfig(out=tmp_path / "r", methods=["rag"], model=ScriptedLLM(default=ANSWER), embedder="hashing",
+                        progress=False, top_k=2, retrieval=("keyword",)), conversations=[conv])
+    rows = [json.loads(line) for line in (tmp_path / "r" / "predictions.jsonl").read_text().splitlines()]
+    assert rows[0]["ranked_sources"][0] == "D1:1" and rows[0]["evidence_recall"] == 1.0
+    assert rows[1]["evidence_recall"] == pytest.approx(1 / 3)  # k=2, one per speaker; D9:9 does not exist

@@ -145,15 +145,15 @@ def test_metadata_filter_returns_k(make_backend, embedder, kind):
     s = make_backend(embedder, index=kind)
     metas = [{"speaker": "Alice" if i % 10 == 0 else "Bob", "n": i, "flag": i % 2 == 0} for i in range(300)]
     s.add_many([f"holiday plan {i} beach" for i in range(300)], user_id="u1", metadatas=metas)
-    hits = s.search("holiday plan beach", user_id="u1", k=8, metadata_filter={"speaker": "Alice"})
+    hits = s.search("holiday plan beach", user_id="u1", k=8, filters={"speaker": "Alice"})
     assert len(hits) == 8 and all(h.metadata["speaker"] == "Alice" for h in hits)
-    assert [h.metadata["n"] for h in s.search("x", "u1", k=3, metadata_filter={"n": 42})] == [42]
-    flagged = s.search("holiday", "u1", k=300, metadata_filter={"flag": True, "speaker": "Alice"})
+    assert [h.metadata["n"] for h in s.search("x", "u1", k=3, filters={"n": 42})] == [42]
+    flagged = s.search("holiday", "u1", k=300, filters={"flag": True, "speaker": "Alice"})
     assert len(flagged) == 30 and all(h.metadata["flag"] is True for h in flagged)
-    assert s.search("holiday", "u1", k=5, metadata_filter={"speaker": "Carol"}) == []
-    assert s.search("holiday", "u1", k=5, metadata_filter={"n": "42"}) == []  # types are not coerced
+    assert s.search("holiday", "u1", k=5, filters={"speaker": "Carol"}) == []
+    assert s.search("holiday", "u1", k=5, filters={"n": "42"}) == []  # types are not coerced
     with pytest.raises(InvalidInput):
-        s.search("holiday", "u1", metadata_filter=["speaker"])
+        s.search("holiday", "u1", filters=["speaker"])
     s.close()
 
 

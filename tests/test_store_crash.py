@@ -125,7 +125,7 @@ CHILD = textwrap.dedent(
         schema.current_seq = current_seq
     i = 0
     while True:
-        ids = store.add_many([f"child memory {i}-{j} " + "pad " * 50 for j in range(batch)], user_id="kid")
+        ids = store.add_many([f"child memory m{i}x{j} " + "pad " * 50 for j in range(batch)], user_id="kid")
         out.write(" ".join(map(str, ids)) + "\\n")
         i += 1
     """
@@ -169,8 +169,16 @@ def test_sigkill_mid_batch_loses_nothing_committed(tmp_path, embedder, saved_fir
         if stall == "stall":  # killed between the inserts and COMMIT: that batch is gone
             assert len(kid) == 3 * batch and set(returned) == kid
         probe = s.get(returned[207], "kid")
-        hit = s.search(probe.text, "kid", k=1)[0]
+        hit = s.search(probe.text, "kid", k=1, mode="vector")[0]
         assert hit.id == probe.id and hit.score == pytest.approx(1.0, abs=1e-5)
+        # The keyword index was written in the same transactions: every acknowledged
+        # memory is found by its own words, none of a torn batch is.
+        from memory_store.keyword import fts_problem
+
+        assert fts_problem(s._db.conn) is None
+        for mid in returned:
+            text = s.get(mid, "kid").text
+            assert [h.id for h in s.search(text.split()[2], "kid", k=2, mode="keyword")] == [mid]
 
 
 def test_uncommitted_batch_leaves_no_index_entry(tmp_path, embedder, monkeypatch):

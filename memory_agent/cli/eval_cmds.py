@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 
 from memory_agent.cli.options import policy_options
-from memory_agent.defaults import ANSWER_K
+from memory_agent.defaults import ANSWER_K, ANSWER_RETRIEVAL
 
 __all__ = ["eval_group"]
 
@@ -45,7 +45,13 @@ def _run_options(fn):
         click.option("--f1", "f1", type=click.Choice(["mem0", "locomo"]), default="mem0", show_default=True,
                      help="F1 definition reported (both are stored per question)."),
         click.option("--top-k", type=click.IntRange(min=1), default=ANSWER_K, show_default=True,
-                     help="rag: turns retrieved per question (as the Answer Agent retrieves memories)."),
+                     help="Memories (rag: turns) the Answer Agent retrieves per question."),
+        click.option("--retrieval", "retrieval", multiple=True, type=click.Choice(["hybrid", "vector", "keyword"]),
+                     help="How the Answer Agent searches (default hybrid); repeat for several: each gets "
+                          "OUT/<method>-<mode>/, the memory is built once."),
+        click.option("--stores-from", type=click.Path(file_okay=False, exists=True, path_type=Path), default=None,
+                     help="Copy finished ingests from this earlier run (same method, models, embedder, data) "
+                          "instead of rebuilding them."),
         click.option("--context-window", type=click.IntRange(min=64), default=None,
                      help="full-context: prompt budget in tokens (default: the model's window)."),
         click.option("--answer-batch", type=click.IntRange(min=1), default=8, show_default=True,
@@ -58,7 +64,7 @@ def _run_options(fn):
 
 
 def _evaluate(data, split, methods, out, limit_questions, model, manager_model, answer_model, policy, judge,
-              embedder, f1, top_k, context_window, answer_batch, quiet) -> None:
+              embedder, f1, top_k, retrieval, stores_from, context_window, answer_batch, quiet) -> None:
     from memory_agent.cli.options import policy_value
 
     from data.schema import DatasetError
@@ -72,7 +78,7 @@ def _evaluate(data, split, methods, out, limit_questions, model, manager_model, 
         out=out, methods=list(methods), data=data, split=split, limit_questions=limit_questions,
         model=model, manager_model=manager_model, answer_model=answer_model, policy=policy_value(policy), judge=judge,
         embedder=embedder, f1=f1, top_k=top_k, context_window=context_window, answer_batch=answer_batch,
-        progress=not quiet,
+        retrieval=tuple(retrieval) or (ANSWER_RETRIEVAL,), stores_from=stores_from, progress=not quiet,
     )
     try:
         summaries = run_eval(config)
@@ -125,3 +131,29 @@ def compare_cmd(runs, out, f1, metric) -> None:
     click.echo(f"wrote {path}")
 
 
+
+
+@eval_group.command("retrieval")
+@click.option("--data", "data", default=None, metavar="PATH", help="As for `memory-agent eval`.")
+@click.option("--split", type=click.Choice(SPLIT_NAMES), default=None, help="LoCoMo split (default dev).")
+@click.option("--memory", "memory", default="turns", show_default=True, metavar="turns|RUN",
+              help="turns = the raw dialogue turns (the rag memory); or a finished `memory-agent eval` run "
+                   "folder whose stores/ hold each conversation's memory.")
+@click.option("--mode", "modes", multiple=True, type=click.Choice(["vector", "keyword", "hybrid"]),
+              help="Search modes to score (default: all three).")
+@click.option("--top-k", type=click.IntRange(min=1), default=ANSWER_K, show_default=True)
+@click.option("--no-time", is_flag=True, help="Turn off the time boost of questions that name a time.")
+@click.option("--embedder", type=click.Choice(["default", "hashing"]), default="default", show_default=True)
+def retrieval_cmd(data, split, memory, modes, top_k, no_time, embedder) -> None:
+    """Score the Answer Agent's retrieval alone (no language model): evidence recall per mode, as JSON."""
+    from data.schema import DatasetError
+    from eval.harness import load_conversations, make_embedder
+    from eval.retrieval import retrieval_report
+
+    try:
+        convs = load_conversations(data, split)
+    except DatasetError as exc:
+        raise click.ClickException(str(exc)) from exc
+    report = retrieval_report(convs, source=memory, modes=modes or ("vector", "keyword", "hybrid"),
+                              embedder=make_embedder(embedder), k=top_k, time_aware=not no_time)
+    click.echo(json.dumps(report, indent=2))

@@ -8,6 +8,7 @@ Errors surface as one line and exit code 1 through ``memory_agent.cli.main``.
 
 from __future__ import annotations
 
+import json
 import re
 import string
 import sys
@@ -27,6 +28,7 @@ from memory_agent.cli.options import (
     json_option,
     model_options,
     open_memory,
+    retrieval_option,
     user_option,
 )
 from memory_agent.errors import ConfigError
@@ -199,15 +201,17 @@ def add(text: tuple[str, ...], speaker: str, timestamp: str | None, db: str, use
 @click.command()
 @click.argument("question", nargs=-1, required=True)
 @click.option("--strategy", type=click.Choice(["memory", "rlm"]), default="memory", show_default=True)
+@retrieval_option()
 @db_option
 @user_option
 @model_options
 @embedder_option
 @json_option
-def ask(question: tuple[str, ...], strategy: str, db: str, user_id: str, model: str, manager_model: str | None,
-        answer_model: str | None, policy: str | None, embedder: str, as_json: bool) -> None:
+def ask(question: tuple[str, ...], strategy: str, retrieval: str, db: str, user_id: str, model: str,
+        manager_model: str | None, answer_model: str | None, policy: str | None, embedder: str,
+        as_json: bool) -> None:
     """Answer QUESTION from the user's memories."""
-    with open_memory(db, embedder, model, manager_model, answer_model, policy) as mem:
+    with open_memory(db, embedder, model, manager_model, answer_model, policy, retrieval) as mem:
         ans = mem.answer(" ".join(question), user_id=user_id, strategy=strategy)
     if as_json:
         emit_json({"answer": ans.text, "valid": ans.valid, "raw": ans.raw,
@@ -225,14 +229,24 @@ def ask(question: tuple[str, ...], strategy: str, db: str, user_id: str, model: 
 @click.command()
 @click.argument("query", nargs=-1, required=True)
 @click.option("-k", default=5, show_default=True, help="How many memories.")
+@retrieval_option("--mode")
+@click.option("--filter", "filter_json", default=None, metavar="JSON",
+              help='Only memories passing this filter, e.g. \'{"speaker": "Caroline"}\' or '
+              '\'{"created_at": {"$gte": "2023-05-01"}}\' (operators: $eq $ne $in $nin $gt $gte $lt $lte '
+              '$and $or $not).')
 @db_option
 @user_option
 @embedder_option
 @json_option
-def search(query: tuple[str, ...], k: int, db: str, user_id: str, embedder: str, as_json: bool) -> None:
-    """Find the user's memories most similar to QUERY (no language model)."""
+def search(query: tuple[str, ...], k: int, retrieval: str, filter_json: str | None, db: str, user_id: str,
+           embedder: str, as_json: bool) -> None:
+    """Find the user's memories best matching QUERY (no language model)."""
+    try:
+        filters = json.loads(filter_json) if filter_json else None
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint="--filter") from None
     with open_memory(db, embedder) as mem:
-        hits = mem.search(" ".join(query), user_id=user_id, k=k)
+        hits = mem.search(" ".join(query), user_id=user_id, k=k, mode=retrieval, filters=filters)
     if as_json:
         emit_json([{"id": h.id, "score": round(h.score, 4), "text": h.text, "updated_at": h.updated_at,
                     "metadata": h.metadata} for h in hits])

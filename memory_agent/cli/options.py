@@ -23,6 +23,7 @@ __all__ = [
     "open_memory",
     "policy_value",
     "policy_options",
+    "retrieval_option",
     "emit_json",
     "DEFAULT_DB",
 ]
@@ -44,6 +45,16 @@ embedder_option = click.option(
     help="default = embedded all-MiniLM-L6-v2; hashing = fast, no model (tests).",
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
+
+
+def retrieval_option(flag: str = "--retrieval") -> Callable:
+    """How the Answer Agent (or ``search``) finds memories: hybrid, vector or keyword."""
+    from memory_store.keyword import SEARCH_MODES
+
+    return click.option(flag, "retrieval", type=click.Choice(SEARCH_MODES), default=SEARCH_MODES[0],
+                        show_default=True,
+                        help="hybrid = keyword (BM25) and vector results fused by reciprocal rank; "
+                        "vector = embeddings only; keyword = BM25 only.")
 
 
 def policy_value(value: str | None) -> Any:
@@ -76,11 +87,11 @@ def model_options(f: Callable) -> Callable:
 
 
 def open_memory(db: str, embedder: str, model: str = "default", manager_model: str | None = None,
-                answer_model: str | None = None, policy: str | None = "default") -> Any:
+                answer_model: str | None = None, policy: str | None = "default", retrieval: str = "hybrid") -> Any:
     from memory_agent.memory import Memory
 
     return Memory.open(db, llm=model, embedder=embedder, manager_llm=manager_model, answer_llm=answer_model,
-                       policy=policy_value(policy))
+                       policy=policy_value(policy), retrieval=retrieval)
 
 
 def emit_json(obj: Any) -> None:

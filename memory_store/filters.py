@@ -1,0 +1,320 @@
+"""Search filters: one small typed model, enforced inside the store for every search mode.
+
+Why a model and not ad-hoc dicts: a filter that is silently dropped returns
+memories the caller asked to exclude (another speaker's, another period's),
+which is worse than an error. So every filter is parsed into the pydantic
+models below first; an unknown operator, a misspelt field or a value of the
+wrong type raises :class:`InvalidFilter` (an ``InvalidInput``) and nothing
+is searched.
+
+Two ways to write one:
+
+* the shorthand most memory stores use, a dict::
+
+      {"speaker": "Caroline"}                                # equality
+      {"speaker": {"$in": ["Caroline", "Melanie"]}}
+      {"created_at": {"$gte": "2023-05-01", "$lt": "2023-06-01"}}
+      {"$or": [{"topic": "work"}, {"$not": {"topic": "health"}}]}
+
+  Operators: ``$eq $ne $in $nin $gt $gte $lt $lte`` on a field, ``$and $or
+  $not`` to combine. Several keys in one dict are ANDed.
+* the models themselves: ``And(all=[Eq(field="speaker", value="Caroline"), ...])``.
+
+Fields: ``created_at`` and ``updated_at`` are the record's own times (the
+conversation time a memory was written at); their bounds are ISO-8601
+strings or datetimes, compared as instants (naive = UTC, as SQLite does).
+Any other field is a metadata key; equality keeps JSON types apart (``True``
+is not ``1``, ``"1"`` is not ``1``), ranges compare numbers with numbers and
+strings with strings.
+
+:func:`to_sql` compiles a filter to one parameterised SQL condition over the
+``memories`` table aliased ``m``; both stores evaluate exactly that SQL (the
+in-memory store keeps a private SQLite mirror), so a filter means the same
+thing everywhere.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, ValidationError
+
+from memory_store.errors import InvalidInput
+
+__all__ = [
+    "InvalidFilter",
+    "Eq",
+    "In",
+    "Range",
+    "And",
+    "Or",
+    "Not",
+    "Filter",
+    "TIME_FIELDS",
+    "parse_filter",
+    "to_sql",
+]
+
+#: Fields that name the record's own timestamps instead of a metadata key.
+TIME_FIELDS = ("created_at", "updated_at")
+_MAX_DEPTH = 32  # a deeper filter is a bug or an attack, not a query
+_MAX_NODES = 1000
+
+Scalar = Union[bool, int, float, str, None]
+JSONValue = Union[Scalar, list[Any], dict[str, Any]]
+
+
+class InvalidFilter(InvalidInput):
+    """A search filter that cannot be understood; carries the offending part."""
+
+    def __init__(self, message: str, part: Any = None) -> None:
+        super().__init__(message)
+        self.part = part
+
+
+_MODEL = ConfigDict(frozen=True, extra="forbid")
+
+
+def _check_field(name: Any) -> str:
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"a filter field must be a non-empty string, got {name!r}")
+    if name.startswith("$"):
+        raise ValueError(f"unknown filter operator {name!r}")
+    return name
+
+
+FieldName = Annotated[str, AfterValidator(_check_field)]
+
+
+class Eq(BaseModel):
+    """``field`` equals ``value`` (JSON type included)."""
+
+    model_config = _MODEL
+    op: Literal["eq"] = "eq"
+    field: FieldName
+    value: JSONValue
+
+
+class In(BaseModel):
+    """``field`` equals one of ``values``."""
+
+    model_config = _MODEL
+    op: Literal["in"] = "in"
+    field: FieldName
+    values: list[JSONValue] = Field(min_length=1)
+
+
+class Range(BaseModel):
+    """``field`` within the given bounds (at least one); numbers, strings or times."""
+
+    model_config = _MODEL
+    op: Literal["range"] = "range"
+    field: FieldName
+    # Strict: True must not slip in as 1, nor "5" become 5.
+    gt: StrictInt | StrictFloat | StrictStr | datetime | None = None
+    gte: StrictInt | StrictFloat | StrictStr | datetime | None = None
+    lt: StrictInt | StrictFloat | StrictStr | datetime | None = None
+    lte: StrictInt | StrictFloat | StrictStr | datetime | None = None
+
+    def bounds(self) -> list[tuple[str, Any]]:
+        return [(name, getattr(self, name)) for name in ("gt", "gte", "lt", "lte") if getattr(self, name) is not None]
+
+
+class And(BaseModel):
+    model_config = _MODEL
+    op: Literal["and"] = "and"
+    all: list["Filter"] = Field(min_length=1)
+
+
+class Or(BaseModel):
+    model_config = _MODEL
+    op: Literal["or"] = "or"
+    any: list["Filter"] = Field(min_length=1)
+
+
+class Not(BaseModel):
+    model_config = _MODEL
+    op: Literal["not"] = "not"
+    filter: "Filter"
+
+
+Filter = Annotated[Union[Eq, In, Range, And, Or, Not], Field(discriminator="op")]
+for _m in (And, Or, Not):
+    _m.model_rebuild()
+
+_FIELD_OPS = {"$eq", "$ne", "$in", "$nin", "$gt", "$gte", "$lt", "$lte"}
+_MODELS = (Eq, In, Range, And, Or, Not)
+
+
+def parse_filter(value: Any) -> Filter | None:
+    """A filter model from the dict shorthand (or a model, checked); None for no filter.
+
+    Raises :class:`InvalidFilter` for anything it cannot read, before any search runs.
+    """
+    if value is None:
+        return None
+    try:
+        parsed = value if isinstance(value, _MODELS) else _parse_dict(value, 0)
+        _check_model(parsed, 0, [0])
+    except InvalidFilter:
+        raise
+    except (ValidationError, ValueError, TypeError) as exc:
+        raise InvalidFilter(f"invalid filter: {exc}", value) from None
+    return parsed
+
+
+def _parse_dict(value: Any, depth: int) -> Filter:
+    if depth > _MAX_DEPTH:
+        raise InvalidFilter(f"filter nested deeper than {_MAX_DEPTH} levels")
+    if not isinstance(value, dict):
+        raise InvalidFilter(f"a filter must be a dict, got {type(value).__name__}", value)
+    if not value:
+        raise InvalidFilter("an empty filter dict matches nothing in particular; pass None for no filter", value)
+    parts: list[Filter] = []
+    for key, cond in value.items():
+        if not isinstance(key, str):
+            raise InvalidFilter(f"filter keys must be strings, got {key!r}", value)
+        if key in ("$and", "$or"):
+            if not isinstance(cond, list) or not cond:
+                raise InvalidFilter(f"{key} takes a non-empty list of filters", cond)
+            subs = [_parse_dict(c, depth + 1) for c in cond]
+            parts.append(And(all=subs) if key == "$and" else Or(any=subs))
+        elif key == "$not":
+            parts.append(Not(filter=_parse_dict(cond, depth + 1)))
+        elif key.startswith("$"):
+            raise InvalidFilter(f"unknown filter operator {key!r}; use $and, $or, $not or a field name", value)
+        else:
+            parts.append(_parse_field(key, cond))
+    return parts[0] if len(parts) == 1 else And(all=parts)
+
+
+def _parse_field(name: str, cond: Any) -> Filter:
+    if not (isinstance(cond, dict) and cond and all(isinstance(k, str) and k.startswith("$") for k in cond)):
+        return Eq(field=name, value=cond)  # a plain value (a dict without operators included) is equality
+    unknown = set(cond) - _FIELD_OPS
+    if unknown:
+        raise InvalidFilter(f"unknown operator(s) {sorted(unknown)} on field {name!r}; "
+                            f"use {', '.join(sorted(_FIELD_OPS))}", cond)
+    parts: list[Filter] = []
+    bounds = {k[1:]: v for k, v in cond.items() if k in ("$gt", "$gte", "$lt", "$lte")}
+    if bounds:
+        parts.append(Range(field=name, **bounds))
+    for op, arg in cond.items():
+        if op in ("$eq", "$ne"):
+            eq = Eq(field=name, value=arg)
+            parts.append(eq if op == "$eq" else Not(filter=eq))
+        elif op in ("$in", "$nin"):
+            if not isinstance(arg, list):
+                raise InvalidFilter(f"{op} on {name!r} takes a list, got {type(arg).__name__}", cond)
+            inn = In(field=name, values=arg)
+            parts.append(inn if op == "$in" else Not(filter=inn))
+    return parts[0] if len(parts) == 1 else And(all=parts)
+
+
+def _check_model(f: Any, depth: int, count: list[int]) -> None:
+    """Limits and per-field value rules the pydantic types cannot express."""
+    count[0] += 1
+    if depth > _MAX_DEPTH or count[0] > _MAX_NODES:
+        raise InvalidFilter(f"filter too large (more than {_MAX_DEPTH} levels or {_MAX_NODES} parts)")
+    if isinstance(f, (And, Or)):
+        for sub in (f.all if isinstance(f, And) else f.any):
+            _check_model(sub, depth + 1, count)
+    elif isinstance(f, Not):
+        _check_model(f.filter, depth + 1, count)
+    elif not isinstance(f, (Eq, In, Range)):
+        raise InvalidFilter(f"not a filter: {f!r}", f)
+    else:
+        _check_field(f.field)  # models built with model_construct skip validation
+    if isinstance(f, Range):
+        if not f.bounds():
+            raise InvalidFilter(f"a range on {f.field!r} needs at least one of gt, gte, lt, lte", f)
+        for _, bound in f.bounds():
+            _bound(f.field, bound)
+    elif isinstance(f, (Eq, In)) and f.field in TIME_FIELDS:
+        for v in (f.values if isinstance(f, In) else [f.value]):
+            _time(f.field, v)
+    elif isinstance(f, (Eq, In)):
+        for v in (f.values if isinstance(f, In) else [f.value]):
+            try:
+                json.dumps(v, allow_nan=False)
+            except (TypeError, ValueError) as exc:
+                raise InvalidFilter(f"filter value for {f.field!r} is not JSON: {exc}", v) from None
+
+
+def _time(field: str, value: Any) -> str:
+    """A bound on a time field as a canonical ISO string (what julianday() reads)."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value).isoformat()
+        except ValueError:
+            pass
+    raise InvalidFilter(f"{field} compares with ISO-8601 times, got {value!r}", value)
+
+
+def _bound(field: str, value: Any) -> Any:
+    if field in TIME_FIELDS:
+        return _time(field, value)
+    if isinstance(value, bool) or isinstance(value, datetime):
+        raise InvalidFilter(f"a range on metadata {field!r} takes numbers or strings, got {value!r}", value)
+    if isinstance(value, float) and value != value:
+        raise InvalidFilter(f"NaN is not a range bound (field {field!r})", value)
+    return value
+
+
+_CMP = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
+
+
+def _eq_json(value: Any) -> tuple[str, list[Any]]:
+    """Condition on ``j`` (a json_each row) for JSON equality, types kept apart."""
+    if value is None:
+        return "j.type = 'null'", []
+    if isinstance(value, bool):
+        return "j.type = ?", ["true" if value else "false"]
+    if isinstance(value, str):
+        return "j.type = 'text' AND j.value = ?", [value]
+    if isinstance(value, (int, float)):
+        return "j.type IN ('integer', 'real') AND j.value = ?", [value]
+    return "j.type IN ('object', 'array') AND j.value = json(?)", [
+        json.dumps(value, ensure_ascii=False, separators=(",", ":"))]
+
+
+def _meta(key: str, cond: str, params: list[Any]) -> tuple[str, list[Any]]:
+    # json_each binds the key as a parameter: no JSON-path quoting of odd keys.
+    return f"EXISTS (SELECT 1 FROM json_each(m.metadata) j WHERE j.key = ? AND ({cond}))", [key, *params]
+
+
+def to_sql(f: Filter | None) -> tuple[str, list[Any]]:
+    """One SQL condition (over ``memories m``) and its parameters; ``("1", [])`` for no filter."""
+    if f is None:
+        return "1", []
+    if isinstance(f, (And, Or)):
+        subs = [to_sql(s) for s in (f.all if isinstance(f, And) else f.any)]
+        glue = " AND " if isinstance(f, And) else " OR "
+        return "(" + glue.join(s for s, _ in subs) + ")", [p for _, ps in subs for p in ps]
+    if isinstance(f, Not):
+        sql, params = to_sql(f.filter)
+        return f"(NOT {sql})", params
+    if f.field in TIME_FIELDS:
+        col = f"julianday(m.{f.field})"  # field is one of TIME_FIELDS: never user text in SQL
+        if isinstance(f, Range):
+            conds = [(f"{col} {_CMP[name]} julianday(?)", _time(f.field, b)) for name, b in f.bounds()]
+        else:
+            values = f.values if isinstance(f, In) else [f.value]
+            conds = [(f"{col} = julianday(?)", _time(f.field, v)) for v in values]
+        glue = " AND " if isinstance(f, Range) else " OR "
+        # coalesce: a stored time SQLite cannot read never matches (rather than NULL leaking through NOT).
+        return "coalesce((" + glue.join(c for c, _ in conds) + "), 0)", [v for _, v in conds]
+    if isinstance(f, Range):
+        parts, params = [], []
+        for name, b in f.bounds():
+            kind = "j.type = 'text'" if isinstance(b, str) else "j.type IN ('integer', 'real')"
+            parts.append(f"{kind} AND j.value {_CMP[name]} ?")
+            params.append(b)
+        return _meta(f.field, " AND ".join(f"({p})" for p in parts), params)
+    values = f.values if isinstance(f, In) else [f.value]
+    conds = [_eq_json(v) for v in values]
+    return _meta(f.field, " OR ".join(f"({c})" for c, _ in conds), [p for _, ps in conds for p in ps])
