@@ -197,9 +197,33 @@ def _seed_store(conv_id: str, stores: Path, seed: Path | None, identity: dict[st
     target = stores / conv_id
     if target.exists():
         shutil.rmtree(target)
-    shutil.copytree(store_dir, target)
+    _copy_store(store_dir, target)
     shutil.copy2(marker, stores / marker.name)  # the marker last: a copy torn before it is rebuilt
     return True
+
+
+def _copy_store(src: Path, dst: Path) -> None:
+    """A consistent copy of a store folder, also while another process has it open.
+
+    SQLite's online backup copies the database as of one snapshot (a file copy of a
+    WAL database being checkpointed can tear); the index file follows and is
+    rebuilt on open if it does not match.
+    """
+    import sqlite3
+
+    from memory_store.schema import DB_NAME
+
+    dst.mkdir(parents=True)
+    source = sqlite3.connect(f"file:{src / DB_NAME}?mode=ro", uri=True)
+    target = sqlite3.connect(dst / DB_NAME)
+    try:
+        source.backup(target)
+    finally:
+        source.close()
+        target.close()
+    for extra in src.iterdir():
+        if extra.is_file() and not extra.name.startswith(DB_NAME):
+            shutil.copy2(extra, dst / extra.name)
 
 
 def run_method(

@@ -153,7 +153,7 @@ class AnswerAgent:
 
         speakers = list(speakers) if speakers is not None else self.speakers(user_id)
         groups: list[dict[str, Any] | None] = [{"speaker": s} for s in speakers] if len(speakers) == 2 else [None]
-        per = self.k // len(groups)
+        per = max(1, self.k // len(groups))
         hits: list[Any] = []
         for group in groups:
             found = self.store.search(question, user_id=user_id, k=per, mode=self.retrieval, filters=group)

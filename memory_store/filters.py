@@ -36,12 +36,15 @@ thing everywhere.
 from __future__ import annotations
 
 import json
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, ValidationError
 
-from memory_store.errors import InvalidInput
+from memory_store.errors import InvalidInput, StoreError
 
 __all__ = [
     "InvalidFilter",
@@ -55,12 +58,15 @@ __all__ = [
     "TIME_FIELDS",
     "parse_filter",
     "to_sql",
+    "sql_errors",
 ]
 
 #: Fields that name the record's own timestamps instead of a metadata key.
 TIME_FIELDS = ("created_at", "updated_at")
 _MAX_DEPTH = 32  # a deeper filter is a bug or an attack, not a query
-_MAX_NODES = 1000
+_MAX_NODES = 200  # each part is one SQL term: SQLite refuses expression trees deeper than 1000
+_MAX_VALUES = 10_000  # values of one $in (bound as one JSON array, not one SQL term each)
+_INT64 = (-(2**63), 2**63 - 1)  # SQLite's integer range
 
 Scalar = Union[bool, int, float, str, None]
 JSONValue = Union[Scalar, list[Any], dict[str, Any]]
@@ -191,11 +197,11 @@ def _parse_dict(value: Any, depth: int) -> Filter:
 
 
 def _parse_field(name: str, cond: Any) -> Filter:
-    if not (isinstance(cond, dict) and cond and all(isinstance(k, str) and k.startswith("$") for k in cond)):
+    if not (isinstance(cond, dict) and any(isinstance(k, str) and k.startswith("$") for k in cond)):
         return Eq(field=name, value=cond)  # a plain value (a dict without operators included) is equality
-    unknown = set(cond) - _FIELD_OPS
+    unknown = set(cond) - _FIELD_OPS  # "lt" next to "$gt" is a typo, not a value: never dropped
     if unknown:
-        raise InvalidFilter(f"unknown operator(s) {sorted(unknown)} on field {name!r}; "
+        raise InvalidFilter(f"unknown operator(s) {sorted(map(str, unknown))} on field {name!r}; "
                             f"use {', '.join(sorted(_FIELD_OPS))}", cond)
     parts: list[Filter] = []
     bounds = {k[1:]: v for k, v in cond.items() if k in ("$gt", "$gte", "$lt", "$lte")}
@@ -232,27 +238,46 @@ def _check_model(f: Any, depth: int, count: list[int]) -> None:
             raise InvalidFilter(f"a range on {f.field!r} needs at least one of gt, gte, lt, lte", f)
         for _, bound in f.bounds():
             _bound(f.field, bound)
-    elif isinstance(f, (Eq, In)) and f.field in TIME_FIELDS:
-        for v in (f.values if isinstance(f, In) else [f.value]):
-            _time(f.field, v)
     elif isinstance(f, (Eq, In)):
-        for v in (f.values if isinstance(f, In) else [f.value]):
-            try:
-                json.dumps(v, allow_nan=False)
-            except (TypeError, ValueError) as exc:
-                raise InvalidFilter(f"filter value for {f.field!r} is not JSON: {exc}", v) from None
+        values = f.values if isinstance(f, In) else [f.value]
+        if len(values) > _MAX_VALUES:
+            raise InvalidFilter(f"$in on {f.field!r} has more than {_MAX_VALUES} values", f)
+        for v in values:
+            if f.field in TIME_FIELDS:
+                _time(f.field, v)
+            else:
+                _json_value(f.field, v)
+
+
+def _json_value(field: str, value: Any) -> None:
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidFilter(f"filter value for {field!r} is not JSON: {exc}", value) from None
+    if _has_big_int(value):
+        raise InvalidFilter(f"filter value for {field!r} has an integer outside SQLite's 64-bit range", value)
+
+
+def _has_big_int(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return not _INT64[0] <= value <= _INT64[1]
+    if isinstance(value, dict):
+        return any(_has_big_int(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_big_int(v) for v in value)
+    return False
 
 
 def _time(field: str, value: Any) -> str:
     """A bound on a time field as a canonical ISO string (what julianday() reads)."""
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, str):
-        try:
-            return datetime.fromisoformat(value).isoformat()
-        except ValueError:
-            pass
-    raise InvalidFilter(f"{field} compares with ISO-8601 times, got {value!r}", value)
+    from memory_store.validation import canonical_time
+
+    try:
+        return canonical_time(value)
+    except ValueError:
+        raise InvalidFilter(f"{field} compares with ISO-8601 times, got {value!r}", value) from None
 
 
 def _bound(field: str, value: Any) -> Any:
@@ -262,6 +287,8 @@ def _bound(field: str, value: Any) -> Any:
         raise InvalidFilter(f"a range on metadata {field!r} takes numbers or strings, got {value!r}", value)
     if isinstance(value, float) and value != value:
         raise InvalidFilter(f"NaN is not a range bound (field {field!r})", value)
+    if _has_big_int(value):
+        raise InvalidFilter(f"range bound on {field!r} is outside SQLite's 64-bit integers", value)
     return value
 
 
@@ -279,7 +306,7 @@ def _eq_json(value: Any) -> tuple[str, list[Any]]:
     if isinstance(value, (int, float)):
         return "j.type IN ('integer', 'real') AND j.value = ?", [value]
     return "j.type IN ('object', 'array') AND j.value = json(?)", [
-        json.dumps(value, ensure_ascii=False, separators=(",", ":"))]
+        json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True)]
 
 
 def _meta(key: str, cond: str, params: list[Any]) -> tuple[str, list[Any]]:
@@ -300,14 +327,13 @@ def to_sql(f: Filter | None) -> tuple[str, list[Any]]:
         return f"(NOT {sql})", params
     if f.field in TIME_FIELDS:
         col = f"julianday(m.{f.field})"  # field is one of TIME_FIELDS: never user text in SQL
+        # coalesce: a stored time SQLite cannot read never matches (rather than NULL leaking through NOT).
         if isinstance(f, Range):
             conds = [(f"{col} {_CMP[name]} julianday(?)", _time(f.field, b)) for name, b in f.bounds()]
-        else:
-            values = f.values if isinstance(f, In) else [f.value]
-            conds = [(f"{col} = julianday(?)", _time(f.field, v)) for v in values]
-        glue = " AND " if isinstance(f, Range) else " OR "
-        # coalesce: a stored time SQLite cannot read never matches (rather than NULL leaking through NOT).
-        return "coalesce((" + glue.join(c for c, _ in conds) + "), 0)", [v for _, v in conds]
+            return "coalesce((" + " AND ".join(c for c, _ in conds) + "), 0)", [v for _, v in conds]
+        values = [_time(f.field, v) for v in (f.values if isinstance(f, In) else [f.value])]
+        return (f"coalesce({col} IN (SELECT julianday(value) FROM json_each(?)), 0)",
+                [json.dumps(values)])
     if isinstance(f, Range):
         parts, params = [], []
         for name, b in f.bounds():
@@ -315,6 +341,38 @@ def to_sql(f: Filter | None) -> tuple[str, list[Any]]:
             parts.append(f"{kind} AND j.value {_CMP[name]} ?")
             params.append(b)
         return _meta(f.field, " AND ".join(f"({p})" for p in parts), params)
-    values = f.values if isinstance(f, In) else [f.value]
-    conds = [_eq_json(v) for v in values]
-    return _meta(f.field, " OR ".join(f"({c})" for c, _ in conds), [p for _, ps in conds for p in ps])
+    if isinstance(f, Eq):
+        cond, params = _eq_json(f.value)
+        return _meta(f.field, cond, params)
+    return _meta(f.field, *_in_json(f.values))
+
+
+def _in_json(values: list[Any]) -> tuple[str, list[Any]]:
+    """JSON-typed membership: one bound array per kind of value, whatever the number of values."""
+    parts: list[str] = []
+    params: list[Any] = []
+    texts = [v for v in values if isinstance(v, str)]
+    numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if texts:
+        parts.append("j.type = 'text' AND j.value IN (SELECT value FROM json_each(?))")
+        params.append(json.dumps(texts, ensure_ascii=False))
+    if numbers:
+        parts.append("j.type IN ('integer', 'real') AND j.value IN (SELECT value FROM json_each(?))")
+        params.append(json.dumps(numbers))
+    for v in values:  # true/false/null and objects: few in practice, one term each
+        if v is None or isinstance(v, (bool, dict, list)):
+            cond, ps = _eq_json(v)
+            parts.append(cond)
+            params += ps
+    return " OR ".join(f"({p})" for p in parts), params
+
+
+@contextmanager
+def sql_errors(flt: Filter | None) -> Iterator[None]:
+    """A search's SQLite errors as typed ones: the filter's fault when there is one, else the store's."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        if flt is not None:
+            raise InvalidFilter(f"the filter cannot be evaluated: {exc}", flt) from exc
+        raise StoreError(f"search failed: {exc}") from exc

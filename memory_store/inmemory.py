@@ -32,7 +32,7 @@ import numpy as np
 
 from memory_store.embedders import Embedder
 from memory_store.errors import EmbeddingDimensionMismatch, MemoryNotFound, StoreError
-from memory_store.filters import parse_filter, to_sql
+from memory_store.filters import parse_filter, sql_errors, to_sql
 from memory_store.index import VectorIndex
 from memory_store.keyword import keyword_ranked, ranked_search, repair_fts
 from memory_store.records import AppliedOp, HistoryEntry, MemoryRecord, SearchHit
@@ -171,63 +171,77 @@ class InMemoryStore:
                                         embed=self._embed))
 
     def _commit(self, user_id: str, plan: list[tuple], actor: str, source: str | None, ts: str) -> list[AppliedOp]:
-        """Check every id first (nothing changes on a raise), then apply the plan."""
+        """Check every id, build the batch's changes aside, write the mirror, then publish them.
+
+        Nothing of ``self`` changes before the mirror write succeeded, so a failure
+        anywhere leaves the store as it was (all or nothing, as ``MemoryStore``).
+        """
         with self._lock:
             self._check_open()
             for p in plan:
                 if p[0] in ("UPDATE", "DELETE"):
                     self._get(p[1], user_id)  # must exist before the batch, for this user
-            self._own()
+            changed: dict[int, MemoryRecord | None] = {}  # id -> new record, None = deleted
+            events: list[tuple] = []
             applied: list[AppliedOp] = []
             upserts: dict[int, np.ndarray] = {}
-            removed: set[int] = set()
+            last_id = self._last_id
             for p in plan:
                 kind = p[0]
                 if kind == "ADD":
                     _, text, meta, vec, created = p
-                    self._last_id += 1
-                    mid = self._last_id
-                    self._records[mid] = MemoryRecord.model_construct(
-                        id=mid, user_id=user_id, text=text, created_at=created, updated_at=created,
+                    last_id += 1
+                    changed[last_id] = MemoryRecord.model_construct(
+                        id=last_id, user_id=user_id, text=text, created_at=created, updated_at=created,
                         metadata=json.loads(meta), hash=_sha(text))
-                    self._event(mid, user_id, "ADD", None, text, actor, source, created)
-                    upserts[mid] = vec
-                    applied.append(AppliedOp.model_construct(op="ADD", id=mid, old_text=None, new_text=text))
+                    events.append((last_id, "ADD", None, text, created))
+                    upserts[last_id] = vec
+                    applied.append(AppliedOp.model_construct(op="ADD", id=last_id, old_text=None, new_text=text))
                 elif kind == "UPDATE":
                     _, mid, text, vec = p
-                    old = self._records[mid]
-                    self._records[mid] = old.model_copy(update={"text": text, "hash": _sha(text), "updated_at": ts})
-                    self._event(mid, user_id, "UPDATE", old.text, text, actor, source, ts)
+                    old = changed[mid] if mid in changed else self._records[mid]
+                    changed[mid] = old.model_copy(update={"text": text, "hash": _sha(text), "updated_at": ts})
+                    events.append((mid, "UPDATE", old.text, text, ts))
                     upserts[mid] = vec
                     applied.append(AppliedOp.model_construct(op="UPDATE", id=mid, old_text=old.text, new_text=text))
                 elif kind == "DELETE":
                     mid = p[1]
-                    old = self._records.pop(mid)
-                    self._event(mid, user_id, "DELETE", old.text, None, actor, source, ts)
+                    old = changed[mid] if mid in changed else self._records[mid]
+                    changed[mid] = None
+                    events.append((mid, "DELETE", old.text, None, ts))
                     upserts.pop(mid, None)
-                    removed.add(mid)
                     applied.append(AppliedOp.model_construct(op="DELETE", id=mid, old_text=old.text, new_text=None))
                 else:
                     applied.append(AppliedOp.model_construct(op="NOOP", id=None, old_text=None, new_text=None))
-            self._mirror_rows(upserts.keys(), removed)
+            self._own()
+            self._mirror_rows(changed)
+            for mid, rec in changed.items():  # published only now: the mirror write succeeded
+                if rec is None:
+                    self._records.pop(mid, None)
+                else:
+                    self._records[mid] = rec
+            for mid, event, old_text, new_text, at in events:
+                self._event(mid, user_id, event, old_text, new_text, actor, source, at)
+            self._last_id = last_id
             if upserts:
                 ids = np.fromiter(upserts, dtype=np.int64, count=len(upserts))
                 self._index.add(user_id, ids, np.stack(list(upserts.values())))
+            removed = {mid for mid, rec in changed.items() if rec is None}
             if removed:
                 self._index.remove(removed)
             return applied
 
-    def _mirror_rows(self, upserted: Any, removed: set[int]) -> None:
-        """Bring the SQLite mirror (and through its triggers the FTS table) in step with the records."""
+    def _mirror_rows(self, changed: dict[int, MemoryRecord | None]) -> None:
+        """Bring the SQLite mirror (and through its triggers the FTS table) in step with ``changed``."""
         conn = self._sql
         conn.execute("BEGIN")
         try:
-            conn.executemany("DELETE FROM memories WHERE id = ?", [(i,) for i in [*upserted, *removed]])
-            rows = [self._records[i] for i in upserted]
+            conn.executemany("DELETE FROM memories WHERE id = ?", [(i,) for i in changed])
             conn.executemany(
                 "INSERT INTO memories (id, user_id, text, created_at, updated_at, metadata) VALUES (?, ?, ?, ?, ?, ?)",
                 [(r.id, r.user_id, r.text, r.created_at, r.updated_at,
-                  json.dumps(r.metadata, ensure_ascii=False, separators=(",", ":"))) for r in rows])
+                  json.dumps(r.metadata, ensure_ascii=False, separators=(",", ":"), sort_keys=True))
+                 for r in changed.values() if r is not None])
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -286,7 +300,7 @@ class InMemoryStore:
         mode, flt = check_mode(mode), parse_filter(filters)
         vec = self._embed([query])[0] if mode != "keyword" else None
         where, params = to_sql(flt)
-        with self._lock:
+        with self._lock, sql_errors(flt):
             self._check_open()
             ranked = ranked_search(
                 mode, k,
@@ -299,7 +313,7 @@ class InMemoryStore:
         user_id, k = check_user(user_id), check_k(k)
         q = check_vectors(vec, 1, self.dim)[0]
         flt = parse_filter(filters)
-        with self._lock:
+        with self._lock, sql_errors(flt):
             self._check_open()
             return self._hits(self._vector_ranked(q, user_id, k, flt))
 

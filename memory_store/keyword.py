@@ -62,6 +62,7 @@ SEARCH_MODES = ("hybrid", "vector", "keyword")
 RRF_K = 1
 FTS_TABLE = "memories_fts"
 _MAX_TERMS = 64  # a pasted document is not a query: keep the first terms only
+_MAX_LIMIT = 2**31 - 1  # SQLite's LIMIT is a 64-bit int; a huge k means "all", not an overflow
 
 # Function words that match nearly every memory; BM25 would weigh them near zero
 # anyway, but each one still costs a posting-list scan.
@@ -173,7 +174,7 @@ def keyword_ranked(conn: sqlite3.Connection, query: str, user_id: str, n: int,
     rows = conn.execute(
         f"SELECT m.id, bm25({FTS_TABLE}, 1.0, 0.0) AS s FROM {FTS_TABLE} JOIN memories m ON m.id = {FTS_TABLE}.rowid"
         f" WHERE {FTS_TABLE} MATCH ? AND m.user_id = ? AND {where} ORDER BY s, m.id LIMIT ?",
-        [match, user_id, *params, n]).fetchall()
+        [match, user_id, *params, min(n, _MAX_LIMIT)]).fetchall()
     # FTS5's bm25() is "lower is better"; flip it so every mode's score grows with relevance.
     return [(int(i), -float(s)) for i, s in rows]
 
@@ -218,5 +219,5 @@ def ranked_search(mode: str, k: int, vector: Any, keyword: Any) -> list[tuple[in
         return keyword(k)
     if mode != "hybrid":
         raise ValueError(f"unknown search mode {mode!r}")
-    n = HYBRID_DEPTH * k
+    n = min(HYBRID_DEPTH * k, _MAX_LIMIT)
     return rrf([[i for i, _ in vector(n)], [i for i, _ in keyword(n)]])[:k]

@@ -32,7 +32,7 @@ import numpy as np
 from memory_store import schema
 from memory_store.embedders import Embedder
 from memory_store.errors import EmbeddingDimensionMismatch, InvalidInput, MemoryNotFound, StoreError
-from memory_store.filters import parse_filter, to_sql
+from memory_store.filters import parse_filter, sql_errors, to_sql
 from memory_store.index import HNSW_EF_SEARCH, INDEX_KINDS, IndexLoadError, VectorIndex
 from memory_store.records import (
     AppliedOp, HistoryEntry, MemoryRecord, SearchHit,
@@ -417,7 +417,7 @@ class MemoryStore:
         mode, flt = check_mode(mode), parse_filter(filters)
         vec = self._embed([query])[0] if mode != "keyword" else None
         where, params = to_sql(flt)
-        with self._reading():
+        with self._reading(), sql_errors(flt):
             conn = self._db.conn
             ranked = ranked_search(
                 mode, k,
@@ -430,7 +430,7 @@ class MemoryStore:
         user_id, k = check_user(user_id), check_k(k)
         q = check_vectors(vec, 1, self.dim)[0]
         flt = parse_filter(filters)
-        with self._reading():
+        with self._reading(), sql_errors(flt):
             return self._hits(user_id, self._vector_ranked(q, user_id, k, flt))
 
     def _vector_ranked(self, q: np.ndarray, user_id: str, k: int, flt: Any) -> list[tuple[int, float]]:

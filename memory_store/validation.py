@@ -32,6 +32,7 @@ __all__ = [
     "check_mode",
     "check_ops",
     "now_iso",
+    "canonical_time",
 ]
 
 
@@ -39,10 +40,19 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="microseconds")
 
 
+def _utf8(value: str, what: str) -> str:
+    """Refuse strings SQLite cannot store (lone surrogates): checked before anything changes."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInput(f"{what} is not valid Unicode text (lone surrogate)") from None
+    return value
+
+
 def check_user(user_id: Any) -> str:
     if not isinstance(user_id, str) or not user_id.strip():
         raise InvalidInput(f"user_id must be a non-empty string, got {user_id!r}")
-    return user_id
+    return _utf8(user_id, "user_id")
 
 
 def check_text(text: Any, what: str = "text") -> str:
@@ -50,7 +60,7 @@ def check_text(text: Any, what: str = "text") -> str:
         raise InvalidInput(f"{what} must be a string, got {type(text).__name__}")
     if not text.strip():
         raise InvalidInput(f"{what} must not be empty or whitespace")
-    return text
+    return _utf8(text, what)
 
 
 def check_id(memory_id: Any) -> int:
@@ -77,24 +87,40 @@ def check_metadata(metadata: Any) -> str:
     if not all(isinstance(key, str) for key in metadata):
         raise InvalidInput("metadata keys must be strings")
     try:
-        return json.dumps(metadata, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        # sort_keys: object equality in filters then does not depend on the caller's key order
+        text = json.dumps(metadata, ensure_ascii=False, allow_nan=False, separators=(",", ":"), sort_keys=True)
     except (TypeError, ValueError) as exc:
         raise InvalidInput(f"metadata must be JSON-serialisable: {exc}") from exc
+    return _utf8(text, "metadata")
+
+
+def canonical_time(value: Any) -> str:
+    """An ISO-8601 string or datetime as ``YYYY-MM-DDTHH:MM:SS[.ffffff][+HH:MM]``; ValueError otherwise.
+
+    Python reads more ISO forms than SQLite's date functions (``20230501T1000``,
+    ``+0530``, week dates); stored and compared times are written in the one form
+    both read, so a time filter never silently skips a memory.
+    """
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    if not isinstance(value, datetime):
+        raise ValueError(f"not a time: {value!r}")
+    offset = value.utcoffset()
+    if offset is not None and offset.total_seconds() % 60:
+        raise ValueError(f"a UTC offset with seconds cannot be compared: {value!r}")
+    return value.isoformat()
 
 
 def check_timestamp(timestamp: Any) -> str:
-    """ISO-8601 string (conversation time) or datetime; None means now (UTC)."""
+    """ISO-8601 string (conversation time) or datetime, canonicalised; None means now (UTC)."""
     if timestamp is None:
         return now_iso()
-    if isinstance(timestamp, datetime):
-        return timestamp.isoformat()
-    if not isinstance(timestamp, str):
+    if not isinstance(timestamp, (str, datetime)):
         raise InvalidInput(f"timestamp must be an ISO-8601 string, got {timestamp!r}")
     try:
-        datetime.fromisoformat(timestamp)
+        return canonical_time(timestamp)
     except ValueError:
         raise InvalidInput(f"timestamp is not ISO-8601: {timestamp!r}") from None
-    return timestamp
 
 
 def check_label(value: Any, what: str, *, optional: bool) -> str | None:

@@ -163,3 +163,9 @@ def test_bad_retrieval_settings_are_config_errors(store):
         AnswerAgent(None, store, retrieval="bm25")
     with pytest.raises(ConfigError):
         AnswerAgent(None, store, reranker=object())
+
+
+def test_k_smaller_than_the_speakers_still_retrieves(store):
+    _fill(store)
+    hits = AnswerAgent(None, store, k=1).retrieve("where", "u")
+    assert len(hits) == 2  # one per speaker, never a search for zero

@@ -139,3 +139,48 @@ def test_in_models_round_trip():
     assert parse_filter(f) is f
     assert parse_filter(None) is None
     assert isinstance(parse_filter({"$or": [{"a": 1}, {"b": 2}]}), Or)
+
+
+@pytest.mark.parametrize("mode", ["vector", "keyword", "hybrid"])
+def test_large_in_lists_and_long_ors_are_fine_or_typed(backend, mode):
+    backend.add_many([f"alpha {i}" for i in range(10)], "u1", metadatas=[{"n": i, "s": str(i)} for i in range(10)])
+    got = backend.search("alpha", "u1", k=20, mode=mode, filters={"n": {"$in": list(range(5000))}})
+    assert len(got) == 10
+    got = backend.search("alpha", "u1", k=20, mode=mode, filters={"s": {"$nin": [str(i) for i in range(3, 3000)]}})
+    assert sorted(h.metadata["n"] for h in got) == [0, 1, 2]
+    assert len(backend.search("alpha", "u1", k=20, mode=mode, filters={"$or": [{"n": i} for i in range(150)]})) == 10
+    with pytest.raises(InvalidFilter):
+        backend.search("alpha", "u1", mode=mode, filters={"$or": [{"n": i} for i in range(400)]})
+    times = [f"2023-01-{d:02d}T00:00:00" for d in range(1, 29)]
+    assert backend.search("alpha", "u1", mode=mode, filters={"created_at": {"$in": times}}) == []
+
+
+@pytest.mark.parametrize("bad", [{"n": 2**64}, {"n": {"$gt": 2**64}}, {"n": {"$in": [2**63]}}, {"n": [1, -(2**70)]},
+                                 {"n": {"$gt": 4, "lt": 10}}, {"n": {"$gte": 1, "$foo": 2}}])
+def test_out_of_range_ints_and_typo_operators_are_refused(backend, bad):
+    backend.add("alpha", "u1", {"n": 5})
+    with pytest.raises(InvalidFilter):
+        backend.search("alpha", "u1", filters=bad)
+
+
+def test_object_equality_ignores_key_order(backend):
+    a = backend.add("alpha", "u1", {"obj": {"y": 2, "x": 1}})
+    assert [h.id for h in backend.search("alpha", "u1", filters={"obj": {"x": 1, "y": 2}})] == [a]
+
+
+def test_time_filters_see_every_accepted_timestamp_form(backend):
+    forms = ["20230501T100000", "2023-05-01T10:00:00+0530", "2023-05-01", "2023-05-01T10:00:00Z"]
+    ids = backend.add_many(["alpha"] * len(forms), "u1", timestamps=forms)
+    got = backend.search("alpha", "u1", k=9, filters={"created_at": {"$gte": "2023-04-30", "$lt": "2023-05-02"}})
+    assert sorted(h.id for h in got) == sorted(ids)
+    assert backend.search("alpha", "u1", k=9, filters={"$not": {"created_at": {"$gte": "2023-04-30"}}}) == []
+    with pytest.raises(InvalidInput):
+        backend.add("alpha", "u1", timestamp="2023-05-01T10:00:00+05:30:15")
+    with pytest.raises(InvalidFilter):
+        backend.search("alpha", "u1", filters={"created_at": {"$gte": "2023-05-01T10:00:00+05:30:15"}})
+
+
+def test_huge_k_is_not_an_overflow(backend):
+    backend.add("alpha", "u1")
+    for mode in ("vector", "keyword", "hybrid"):
+        assert len(backend.search("alpha", "u1", k=2**62, mode=mode)) == 1

@@ -377,3 +377,26 @@ def test_evidence_recall_on_known_answers(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "r" / "predictions.jsonl").read_text().splitlines()]
     assert rows[0]["ranked_sources"][0] == "D1:1" and rows[0]["evidence_recall"] == 1.0
     assert rows[1]["evidence_recall"] == pytest.approx(1 / 3)  # k=2, one per speaker; D9:9 does not exist
+
+
+def test_eval_retrieval_scores_every_mode_without_a_model(tmp_path, data_file, models):
+    from eval.harness import EvalConfig, run_eval
+
+    res = _cli("retrieval", "--data", data_file, "--embedder", "hashing")
+    report = json.loads(res.output)
+    assert set(report["modes"]) == {"vector", "keyword", "hybrid"} and report["evidence_recall_ceiling"] == 100.0
+    n = sum(len(generate(s).questions()) for s in (1, 2))
+    assert report["questions"] == n
+    for mode in report["modes"].values():
+        assert 0 <= mode["evidence_recall@10"]["overall"] <= mode["evidence_recall@k"]["overall"] <= 100
+    # over an eval run's memories, with the embedder that run used (and no other)
+    out = tmp_path / "rag"
+    run_eval(EvalConfig(out=out, methods=["add-all"], data=str(data_file), model="scripted", embedder="hashing",
+                        progress=False))
+    report = json.loads(_cli("retrieval", "--data", data_file, "--memory", out, "--mode", "keyword").output)
+    assert list(report["modes"]) == ["keyword"]
+    from memory_agent.cli import cli
+
+    bad = CliRunner().invoke(cli, ["eval", "retrieval", "--data", str(data_file), "--memory", str(out),
+                                   "--embedder", "default"])
+    assert bad.exit_code != 0 and "hashing" in bad.output

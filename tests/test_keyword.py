@@ -245,3 +245,19 @@ def test_metadata_json_survives_in_memory_mirror(embedder):
     s.add("x", "u1", {"nested": {"a": [1, 2]}, "ü": "ö"})
     row = s._sql.execute("SELECT metadata FROM memories").fetchone()[0]
     assert json.loads(row) == {"nested": {"a": [1, 2]}, "ü": "ö"}
+
+
+@pytest.mark.parametrize("call", [
+    lambda s: s.add("beta caroline", "u", {"k\ud800": 1}),
+    lambda s: s.add("beta \ud800 caroline", "u"),
+    lambda s: s.add_many(["beta", "gam\ud800ma"], "u"),
+    lambda s: s.add("beta", "u\ud800"),
+])
+def test_unencodable_text_is_refused_and_changes_nothing(make_backend, embedder, call):
+    s = make_backend(embedder)
+    s.add("alpha", "u")
+    with pytest.raises(InvalidInput):
+        call(s)
+    assert s.count() == 1 and [h.text for h in s.search("alpha", "u", mode="keyword")] == ["alpha"]
+    with pytest.raises(InvalidInput):
+        s.search("beta", "u\ud800", mode="keyword")

@@ -143,7 +143,8 @@ def compare_cmd(runs, out, f1, metric) -> None:
               help="Search modes to score (default: all three).")
 @click.option("--top-k", type=click.IntRange(min=1), default=ANSWER_K, show_default=True)
 @click.option("--no-time", is_flag=True, help="Turn off the time boost of questions that name a time.")
-@click.option("--embedder", type=click.Choice(["default", "hashing"]), default="default", show_default=True)
+@click.option("--embedder", type=click.Choice(["default", "hashing"]), default=None,
+              help="Embedder of the queries (default: the run's own for --memory RUN, else default).")
 def retrieval_cmd(data, split, memory, modes, top_k, no_time, embedder) -> None:
     """Score the Answer Agent's retrieval alone (no language model): evidence recall per mode, as JSON."""
     from data.schema import DatasetError
@@ -154,6 +155,15 @@ def retrieval_cmd(data, split, memory, modes, top_k, no_time, embedder) -> None:
         convs = load_conversations(data, split)
     except DatasetError as exc:
         raise click.ClickException(str(exc)) from exc
+    if memory != "turns":
+        run_json = Path(memory) / "run.json"
+        if not run_json.is_file():
+            raise click.BadParameter(f"{memory} is not an evaluation run folder (no run.json)", param_hint="--memory")
+        built_with = json.loads(run_json.read_text(encoding="utf-8")).get("embedder") or "default"
+        if embedder is not None and embedder != built_with:
+            raise click.BadParameter(f"{memory} was built with the {built_with!r} embedder, not {embedder!r}",
+                                     param_hint="--embedder")
+        embedder = built_with
     report = retrieval_report(convs, source=memory, modes=modes or ("vector", "keyword", "hybrid"),
-                              embedder=make_embedder(embedder), k=top_k, time_aware=not no_time)
+                              embedder=make_embedder(embedder or "default"), k=top_k, time_aware=not no_time)
     click.echo(json.dumps(report, indent=2))
