@@ -10,7 +10,8 @@ from click.testing import CliRunner
 from memory_store.bench import run_store_benchmark
 
 KEYS = {"n", "dim", "index", "add_per_s", "search_p50_ms", "search_p99_ms", "numpy_scan_p50_ms",
-        "delete_p50_ms", "recall_at_10"}
+        "delete_p50_ms", "recall_at_10", "vector_p50_ms", "keyword_p50_ms", "hybrid_p50_ms", "hybrid_p99_ms",
+        "hybrid_vs_vector_p50"}
 
 
 @pytest.mark.parametrize("index", ["flat", "hnsw"])
@@ -18,6 +19,20 @@ def test_benchmark_function(tmp_path, index):
     res = run_store_benchmark(400, dim=32, index=index, queries=5, deletes=5, path=tmp_path / "b", chunk=150)
     assert KEYS <= res.keys() and res["n"] == 400 and res["index"] == index
     assert res["count_after"] == 395 and res["recall_at_10"] >= (1.0 if index == "flat" else 0.5)
+    assert res["add_per_s_without_fts"] > 0 and res["fts_add_cost"] > 0  # the twin without the keyword index
+
+
+def test_synthetic_texts_follow_zipf_and_queries_skip_function_words():
+    import numpy as np
+
+    from memory_store.bench import FUNCTION_WORDS, synthetic_texts
+
+    texts = synthetic_texts(2000, np.random.default_rng(0))
+    words = [w for t in texts for w in t.split()]
+    assert all(8 <= len(t.split()) <= 16 for t in texts)
+    assert words.count("w0") > 10 * words.count("w50") > 0  # a few words are everywhere
+    queries = synthetic_texts(200, np.random.default_rng(1), 6, 6, skip=FUNCTION_WORDS)
+    assert all(int(w[1:]) >= FUNCTION_WORDS for q in queries for w in q.split())
 
 
 def test_benchmark_cli_json_and_table():

@@ -28,9 +28,11 @@ __all__ = ["store"]
 @click.option("--path", type=click.Path(file_okay=False), default=None,
               help="Store folder (default: a temporary folder, removed afterwards).")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--no-fts-baseline", is_flag=True,
+              help="Skip the twin store without the keyword index (its adds measure what FTS costs; doubles add time).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def store(n: int, index: str, dim: int, queries: int, deletes: int, ef_search: int | None, ef_sweep: str,
-          path: str | None, seed: int, as_json: bool) -> None:
+          path: str | None, seed: int, no_fts_baseline: bool, as_json: bool) -> None:
     """Add/search/delete throughput and latency of memory_store."""
     from memory_store.bench import run_store_benchmark
 
@@ -44,7 +46,7 @@ def store(n: int, index: str, dim: int, queries: int, deletes: int, ef_search: i
         raise click.BadParameter("only the hnsw index has an efSearch", param_hint="--ef-sweep")
 
     result = run_store_benchmark(n, dim=dim, index=index, queries=queries, deletes=deletes, path=path,
-                                 ef_search=ef_search, ef_sweep=sweep, seed=seed,
+                                 ef_search=ef_search, ef_sweep=sweep, seed=seed, fts_baseline=not no_fts_baseline,
                                  progress=lambda msg: click.echo(f"[bench store] {msg}", err=True))
     if as_json:
         click.echo(json.dumps(result))
