@@ -53,12 +53,10 @@ __all__ = [
 
 #: The modes of ``store.search``.
 SEARCH_MODES = ("hybrid", "vector", "keyword")
-#: RRF's damping constant. The paper's 60 was set for fusing many TREC runs; with two
+#: RRF's damping constant. The paper's 60 was set for fusing many ranked runs; with two
 #: lists it flattens ranks so much that middling hits found by both outrank the best
-#: hit of one. Evidence recall@60 of raw LoCoMo turns on the train conversation
-#: (conv-26) was 78.1 at k=60, 82.6 at 20, 83.2 at 10, 83.6 at 5 and 84.2 at 1, and
-#: val (conv-30) agreed (74.9 / 79.5 / 80.1 / 81.3 / 82.6); measured with
-#: /tmp-free code in docs/retrieval.md. Dev was not used.
+#: hit of either. 1 was picked on the train conversation and confirmed on val (never
+#: dev); the sweep is in docs/retrieval.md.
 RRF_K = 1
 FTS_TABLE = "memories_fts"
 _MAX_TERMS = 64  # a pasted document is not a query: keep the first terms only
