@@ -40,6 +40,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from memory_store.private import open_private
+
 __all__ = ["FlatUserIndex", "HNSWUserIndex", "VectorIndex", "IndexLoadError", "INDEX_KINDS", "HNSW_EF_SEARCH"]
 
 INDEX_KINDS = ("flat", "hnsw")
@@ -387,7 +389,7 @@ class VectorIndex:
                              "users": users, "crc32": crc, "size": size}).encode()
         tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         try:
-            with open(tmp, "wb") as fh:
+            with open_private(tmp, "wb") as fh:
                 fh.write(MAGIC + struct.pack("<Q", len(header)) + header)
                 for b in blobs:
                     fh.write(b)

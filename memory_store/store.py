@@ -39,6 +39,7 @@ from memory_store.records import (
 )
 from memory_store.keyword import fts_problem, keyword_ranked, ranked_search, repair_fts
 from memory_store.plans import plan_add_many, plan_apply
+from memory_store.private import private_file, private_folder
 from memory_store.validation import (
     check_id, check_k, check_label, check_mode, check_text, check_timestamp, check_user, check_vectors,
 )
@@ -90,7 +91,8 @@ class MemoryStore:
         if embedder is None and dim is None and not (self.path / schema.DB_NAME).exists():
             # Checked before creating anything: a new store must know its vector width.
             raise StoreError(f"no store at {self.path}: creating one needs an embedder or dim=")
-        self.path.mkdir(parents=True, exist_ok=True)
+        private_folder(self.path, schema.DB_NAME)  # 0700, or tightened if an older version left it open to others
+        private_file(self.path / schema.DB_NAME)  # 0600 from the start; -wal/-shm inherit its mode
         self.embedder = embedder
         self.index_kind = index or "flat"
         if isinstance(ef_search, bool) or not isinstance(ef_search, int) or ef_search < 1:

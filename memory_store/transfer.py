@@ -23,6 +23,7 @@ import numpy as np
 
 from memory_store import schema
 from memory_store.errors import InvalidInput, StoreError
+from memory_store.private import open_private
 from memory_store.validation import check_metadata, check_text, check_timestamp, check_user, check_vectors
 
 if TYPE_CHECKING:
@@ -50,7 +51,7 @@ def export_jsonl(store: "MemoryStore", path: str | Path, *, user_id: str | None 
         conn = store._db.conn
         conn.execute("BEGIN")  # one snapshot: memories and history agree
         try:
-            with open(tmp, "w", encoding="utf-8") as fh:
+            with open_private(tmp, "w", encoding="utf-8") as fh:  # an export holds memories: 0600
                 for row in conn.cursor().execute(sql + " ORDER BY id", params):  # streamed, not fetchall
                     item: dict[str, Any] = {"id": row[0], "user_id": row[1], "text": row[2], "created_at": row[3],
                                             "updated_at": row[4], "metadata": json.loads(row[5]), "hash": row[6]}
