@@ -45,6 +45,7 @@ from eval import metrics
 from eval.scoring import answer_metrics, answer_recall, evidence_recall
 from eval.methods import METHODS, IngestStats, MethodConfig, Prediction, make_method
 from eval.report import details, read_rows, summarize, write_compare, write_report
+from memory_agent.answer import check_retrieval
 from memory_agent.defaults import ANSWER_K, ANSWER_RETRIEVAL
 from memory_agent.errors import ConfigError
 from memory_agent.llms import resolve_llm
@@ -340,13 +341,10 @@ def run_eval(config: EvalConfig, conversations: Sequence[Conversation] | None = 
     unknown = [m for m in config.methods if m not in METHODS]
     if unknown:
         raise ConfigError(f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}")
-    from memory_store import SEARCH_MODES
-
     if isinstance(config.retrieval, str):
         config = replace(config, retrieval=(config.retrieval,))
-    bad = [m for m in config.retrieval if m not in SEARCH_MODES]
-    if bad or not config.retrieval:
-        raise ConfigError(f"unknown retrieval mode {bad[0] if bad else None!r}; choose from {', '.join(SEARCH_MODES)}")
+    for mode in config.retrieval or [None]:
+        check_retrieval(mode)
     if config.stores_from is not None and not (Path(config.stores_from) / "run.json").is_file():
         raise ConfigError(f"--stores-from {config.stores_from} is not an evaluation run folder (no run.json)")
     if conversations is None:

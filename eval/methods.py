@@ -406,24 +406,15 @@ class RagMethod(_Base):
         self._open(conversation, store_dir)
 
     def answer_many(self, questions: Sequence[str]) -> list[Prediction]:
-        agent = self.agent
-        _, now = agent.present(self.user_id)
-        prompts, shown, ranked, search_ms = [], [], [], []
-        for q in questions:
-            hits, ms = _timed(lambda q=q: agent.retrieve(q, self.user_id, self.speakers, agent.when(q, now)))
-            messages, kept = agent.build(q, hits)
-            prompts.append((messages, len(kept)))
-            shown.append(kept)
-            ranked.append(hits)
-            search_ms.append(ms)
-        answers, gen_ms = _ask_many(self.config.answerer, prompts)
+        prepared = self.agent.prepare(questions, self.user_id, self.speakers)  # the Answer Agent's own prompts
+        answers, gen_ms = _ask_many(self.config.answerer, [(p.messages, len(p.shown)) for p in prepared])
         return [
-            Prediction(text=text, valid=valid, raw=raw, retrieved=[memory_source(h) for h in kept],
-                       memories=[h.text for h in kept], shown=[memory_view(h) for h in kept],
-                       ranked=[memory_view(h) for h in hits], ranked_sources=[memory_source(h) for h in hits],
-                       shown_sources=[memory_source(h) for h in kept], search_ms=s_ms, answer_ms=s_ms + gen_ms,
-                       context_tokens=count_tokens(self.config.answerer, messages))
-            for (text, raw, valid), kept, hits, s_ms, (messages, _) in zip(answers, shown, ranked, search_ms, prompts)
+            Prediction(text=text, valid=valid, raw=raw, retrieved=[memory_source(h) for h in p.shown],
+                       memories=[h.text for h in p.shown], shown=[memory_view(h) for h in p.shown],
+                       ranked=[memory_view(h) for h in p.ranked], ranked_sources=[memory_source(h) for h in p.ranked],
+                       shown_sources=[memory_source(h) for h in p.shown], search_ms=p.search_ms,
+                       answer_ms=p.search_ms + gen_ms, context_tokens=count_tokens(self.config.answerer, p.messages))
+            for (text, raw, valid), p in zip(answers, prepared)
         ]
 
     def close(self) -> None:

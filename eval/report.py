@@ -24,6 +24,7 @@ from data.schema import CATEGORIES
 __all__ = [
     "SCORED_CATEGORIES",
     "RETRIEVAL_METRICS",
+    "recall_block",
     "summarize",
     "run_label",
     "details",
@@ -100,8 +101,8 @@ def summarize(
         },
         "context_tokens_mean": round(sum(context) / len(context), 1) if context else None,
         # share of the gold answer's content words in the memories the Answer Agent was shown
-        "answer_recall": _recall_block(rows, "answer_recall", by_category),
-        "retrieval": {key: _recall_block(rows, key, by_category) for key in RETRIEVAL_METRICS},
+        "answer_recall": recall_block(rows, "answer_recall", by_category),
+        "retrieval": {key: recall_block(rows, key, by_category) for key in RETRIEVAL_METRICS},
         "ingest": ingest,
     }
 
@@ -118,7 +119,8 @@ def _mean_recall(rows: Sequence[dict[str, Any]], key: str = "answer_recall") -> 
     return round(100 * sum(values) / len(values), 2) if values else None
 
 
-def _recall_block(rows: Sequence[dict[str, Any]], key: str, categories: Iterable[str]) -> dict[str, Any]:
+def recall_block(rows: Sequence[dict[str, Any]], key: str, categories: Iterable[str]) -> dict[str, Any]:
+    """Mean of a per-question recall ``key`` (percent), overall and per category name; None where unmeasured."""
     return {"overall": _mean_recall(rows, key),
             **{name: _mean_recall([r for r in rows if r["category_name"] == name], key) for name in categories}}
 

@@ -24,8 +24,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from data.schema import CATEGORIES, Conversation
+from data.schema import Conversation
 from eval.methods import store_turns
+from eval.report import SCORED_CATEGORIES, recall_block
 from eval.scoring import answer_recall, evidence_recall, memory_source
 from memory_agent.answer import AnswerAgent
 from memory_agent.defaults import ANSWER_K
@@ -48,18 +49,9 @@ def _store(conv: Conversation, source: str | Path, embedder: Any) -> Any:
     return MemoryStore(folder, embedder=embedder)
 
 
-def _mean(values: Sequence[float | None]) -> float | None:
-    vals = [v for v in values if v is not None]
-    return round(100 * sum(vals) / len(vals), 2) if vals else None
-
-
 def _block(rows: list[dict[str, Any]], key: str) -> dict[str, Any]:
-    out: dict[str, Any] = {"overall": _mean([r[key] for r in rows])}
-    for cat in (1, 2, 3, 4):
-        subset = [r[key] for r in rows if r["category"] == cat]
-        if subset:
-            out[CATEGORIES[cat]] = _mean(subset)
-    return out
+    present = {r["category_name"] for r in rows}
+    return recall_block(rows, key, [c for c in SCORED_CATEGORIES if c in present])
 
 
 def retrieval_report(conversations: Sequence[Conversation], *, source: str | Path = "turns",
@@ -67,7 +59,7 @@ def retrieval_report(conversations: Sequence[Conversation], *, source: str | Pat
                      k: int = ANSWER_K, time_aware: bool = True) -> dict[str, Any]:
     """Evidence and answer recall of the Answer Agent's retrieval per mode (see the module docstring)."""
     rows: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
-    ceiling: list[float | None] = []
+    ceiling: list[dict[str, Any]] = []
     seconds: dict[str, float] = {m: 0.0 for m in modes}
     for conv in conversations:
         store = _store(conv, source, embedder)
@@ -83,18 +75,19 @@ def retrieval_report(conversations: Sequence[Conversation], *, source: str | Pat
                     hits = agent.retrieve(qa.question, conv.sample_id, speakers, agent.when(qa.question, now))
                     seconds[mode] += time.perf_counter() - start
                     sources = [memory_source(h) for h in hits]
-                    rows[mode].append({"category": qa.category,
+                    rows[mode].append({"category_name": qa.category_name,
                                        "evidence": evidence_recall(qa.evidence, sources),
                                        "evidence_10": evidence_recall(qa.evidence, sources[:10]),
                                        "answer": answer_recall(qa.answer, hits)})
-            ceiling += [evidence_recall(qa.evidence, everything) for qa in conv.qa if not qa.is_adversarial]
+            ceiling += [{"ceiling": evidence_recall(qa.evidence, everything)} for qa in conv.qa
+                        if not qa.is_adversarial]
         finally:
             store.close()
     return {
         "source": str(source), "k": k, "time_aware": time_aware,
         "conversations": [c.sample_id for c in conversations],
         "questions": len(next(iter(rows.values()), [])),
-        "evidence_recall_ceiling": _mean(ceiling),
+        "evidence_recall_ceiling": recall_block(ceiling, "ceiling", [])["overall"],
         "modes": {m: {"evidence_recall@k": _block(r, "evidence"), "evidence_recall@10": _block(r, "evidence_10"),
                       "answer_recall@k": _block(r, "answer"),
                       "ms_per_question": round(1000 * seconds[m] / max(1, len(r)), 2)} for m, r in rows.items()},

@@ -15,7 +15,8 @@ default (BM25 and vectors fused by reciprocal rank: names, dates and rare
 words are where a small embedder misses). When the question names a time
 ("last May", "in 2022"; :mod:`memory_agent.timeexpr`, anchored at the
 user's newest memory, the conversation's present) the memories dated in it
-are searched too and fused in as a third list: a boost, never a hard filter,
+are searched too and fused with the plain results, dated list first: a
+boost, never a hard filter,
 because the date in a question can name an event remembered on a later day.
 An optional :class:`Reranker` reorders the hits before the token budget.
 
@@ -40,7 +41,8 @@ from memory_agent.llms.base import LLM
 from memory_agent.prompts import Messages, answer_messages
 from memory_agent.timeexpr import TimeRange, time_range
 
-__all__ = ["Answer", "AnswerAgent", "Reranker", "parse_answer", "display_date", "shown_messages"]
+__all__ = ["Answer", "AnswerAgent", "Prepared", "Reranker", "check_retrieval", "parse_answer", "display_date",
+           "shown_messages"]
 
 
 @runtime_checkable
@@ -64,6 +66,25 @@ class Answer:
     extra: dict[str, Any] = field(default_factory=dict)
     search_ms: float | None = None  # the retrieval this answer ran (store searches and rerank)
     ranked: list[Any] = field(default_factory=list)  # the retrieval's hits best first, before the token budget
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """One question ready for the model: its prompt, the memories in it, the retrieval and its time."""
+
+    messages: Messages
+    shown: list[Any]  # in the prompt, oldest first
+    ranked: list[Any]  # the retrieval's hits best first, before the token budget
+    search_ms: float
+
+
+def check_retrieval(mode: Any) -> str:
+    """A search mode of :data:`memory_store.SEARCH_MODES`, else :class:`ConfigError`."""
+    from memory_store import SEARCH_MODES
+
+    if mode not in SEARCH_MODES:
+        raise ConfigError(f"unknown retrieval mode {mode!r}; choose from {', '.join(SEARCH_MODES)}")
+    return mode
 
 
 def parse_answer(raw: str, n_shown: int) -> tuple[str, list[int], bool]:
@@ -112,10 +133,7 @@ class AnswerAgent:
         max_new_tokens: int = ANSWER_MAX_NEW_TOKENS,
         count_tokens: Callable[[str], int] | None = None,
     ):
-        from memory_store import SEARCH_MODES
-
-        if retrieval not in SEARCH_MODES:
-            raise ConfigError(f"unknown retrieval mode {retrieval!r}; choose from {', '.join(SEARCH_MODES)}")
+        check_retrieval(retrieval)
         if reranker is not None and not isinstance(reranker, Reranker):
             raise ConfigError(f"not a reranker (needs rerank(query, hits)): {reranker!r}")
         self.llm = llm
@@ -145,8 +163,8 @@ class AnswerAgent:
                  when: TimeRange | None = None) -> list[Any]:
         """Best-first hits: k/2 per speaker when there are exactly two, else k.
 
-        ``when`` (a time the question names) adds the memories dated in it as a
-        third ranked list, fused by reciprocal rank. Scores are comparable across
+        ``when`` (a time the question names) searches the memories dated in it too
+        and fuses that list (first) with the plain one by reciprocal rank. Scores are comparable across
         the speakers' lists (both are from the same mode), so the merge is by score.
         """
         from memory_store import rrf
@@ -216,25 +234,29 @@ class AnswerAgent:
     def answer(self, question: str, user_id: str, speakers: Sequence[str] | None = None) -> Answer:
         return self.answer_many([question], user_id, speakers=speakers)[0]
 
+    def prepare(self, questions: Sequence[str], user_id: str,
+                speakers: Sequence[str] | None = None) -> list[Prepared]:
+        """Retrieve (timed) and build the prompt of every question: what ``answer_many`` sends."""
+        found, now = self.present(user_id)
+        speakers = list(speakers) if speakers is not None else found
+        out = []
+        for q in questions:
+            start = time.perf_counter()
+            hits = self.retrieve(q, user_id, speakers, self.when(q, now))
+            ms = (time.perf_counter() - start) * 1000
+            messages, kept = self.build(q, hits)
+            out.append(Prepared(messages, kept, hits, ms))
+        return out
+
     def answer_many(self, questions: Sequence[str], user_id: str, speakers: Sequence[str] | None = None) -> list[Answer]:
         """Answer several questions with one batched generate call."""
         if not questions:
             return []
-        found, now = self.present(user_id)
-        speakers = list(speakers) if speakers is not None else found
-        prompts, shown, ranked, search_ms = [], [], [], []
-        for q in questions:
-            start = time.perf_counter()
-            hits = self.retrieve(q, user_id, speakers, self.when(q, now))
-            search_ms.append((time.perf_counter() - start) * 1000)
-            messages, kept = self.build(q, hits)
-            prompts.append(messages)
-            shown.append(kept)
-            ranked.append(hits)
-        replies = self.ask(prompts)
-        answers = [self.read(q, kept, raw) for q, kept, raw in zip(questions, shown, replies)]
-        for a, ms, hits in zip(answers, search_ms, ranked):
-            a.search_ms, a.ranked = ms, hits
+        prepared = self.prepare(questions, user_id, speakers)
+        replies = self.ask([p.messages for p in prepared])
+        answers = [self.read(q, p.shown, raw) for q, p, raw in zip(questions, prepared, replies)]
+        for a, p in zip(answers, prepared):
+            a.search_ms, a.ranked = p.search_ms, p.ranked
         return answers
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from memory_agent.answer import Answer, AnswerAgent
+from memory_agent.answer import Answer, AnswerAgent, check_retrieval
 from memory_agent.defaults import ANSWER_K, ANSWER_RETRIEVAL, MANAGER_TOP_K, WAVE_SIZE
 from memory_agent.errors import ConfigError, InvalidInput
 from memory_agent.extraction import Fact, Turn, extract_facts, parse_session_date
@@ -108,10 +108,7 @@ class Memory:
         retrieval: str = ANSWER_RETRIEVAL,
         reranker: Any = None,
     ):
-        from memory_store import SEARCH_MODES
-
-        if retrieval not in SEARCH_MODES:
-            raise ConfigError(f"unknown retrieval mode {retrieval!r}; choose from {', '.join(SEARCH_MODES)}")
+        check_retrieval(retrieval)
         self.store = store
         manager_llm, answer_llm = role_specs(llm, manager_llm, answer_llm, policy)
         self._specs = {

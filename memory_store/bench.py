@@ -134,10 +134,10 @@ def _mode_times(store: MemoryStore, qtexts: list[str], k: int) -> dict[str, Any]
 
 def _store_without_fts(path: Path, dim: int, index: str) -> MemoryStore:
     """A store whose keyword index triggers are dropped: the add-cost baseline (benchmark only)."""
-    from memory_store.keyword import _TRIGGERS
+    from memory_store.keyword import FTS_TRIGGERS
 
     store = MemoryStore(path, index=index, dim=dim)
-    for name in _TRIGGERS:
+    for name in FTS_TRIGGERS:
         store._db.conn.execute(f"DROP TRIGGER {name}")
     return store
 
@@ -257,7 +257,6 @@ def run_store_benchmark(n: int = 100_000, *, dim: int = 384, index: str = "flat"
         with MemoryStore(path, index=index, dim=dim) as store:
             result["reopen_s"] = round(time.perf_counter() - t, 2)
             result["count_after"] = store.count()
-
         result["loadavg_1m_end"] = _load()  # the machine is shared: read numbers with this
     finally:
         if tmp is not None:

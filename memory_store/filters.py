@@ -45,6 +45,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, ValidationError
 
 from memory_store.errors import InvalidInput, StoreError
+from memory_store.validation import canonical_time
 
 __all__ = [
     "InvalidFilter",
@@ -59,6 +60,7 @@ __all__ = [
     "parse_filter",
     "to_sql",
     "sql_errors",
+    "matching_ids",
 ]
 
 #: Fields that name the record's own timestamps instead of a metadata key.
@@ -272,8 +274,6 @@ def _has_big_int(value: Any) -> bool:
 
 def _time(field: str, value: Any) -> str:
     """A bound on a time field as a canonical ISO string (what julianday() reads)."""
-    from memory_store.validation import canonical_time
-
     try:
         return canonical_time(value)
     except ValueError:
@@ -376,3 +376,9 @@ def sql_errors(flt: Filter | None) -> Iterator[None]:
         if flt is not None:
             raise InvalidFilter(f"the filter cannot be evaluated: {exc}", flt) from exc
         raise StoreError(f"search failed: {exc}") from exc
+
+
+def matching_ids(conn: sqlite3.Connection, user_id: str, where: str, params: list[Any]) -> list[int]:
+    """Ids of the user's memories passing a compiled filter, ascending (the vector search's subset)."""
+    return [r[0] for r in conn.execute(f"SELECT id FROM memories m WHERE m.user_id = ? AND {where} ORDER BY id",
+                                       [user_id, *params])]

@@ -32,13 +32,14 @@ import numpy as np
 
 from memory_store.embedders import Embedder
 from memory_store.errors import EmbeddingDimensionMismatch, MemoryNotFound, StoreError
-from memory_store.filters import parse_filter, sql_errors, to_sql
+from memory_store.filters import matching_ids, parse_filter, sql_errors, to_sql
 from memory_store.index import VectorIndex
 from memory_store.keyword import keyword_ranked, ranked_search, repair_fts
 from memory_store.records import AppliedOp, HistoryEntry, MemoryRecord, SearchHit
 from memory_store.plans import plan_add_many, plan_apply
 from memory_store.validation import (
-    check_id, check_k, check_label, check_mode, check_text, check_timestamp, check_user, check_vectors,
+    check_id, check_k, check_label, check_metadata, check_mode, check_text, check_timestamp, check_user,
+    check_vectors,
 )
 
 __all__ = ["InMemoryStore"]
@@ -239,8 +240,7 @@ class InMemoryStore:
             conn.executemany("DELETE FROM memories WHERE id = ?", [(i,) for i in changed])
             conn.executemany(
                 "INSERT INTO memories (id, user_id, text, created_at, updated_at, metadata) VALUES (?, ?, ?, ?, ?, ?)",
-                [(r.id, r.user_id, r.text, r.created_at, r.updated_at,
-                  json.dumps(r.metadata, ensure_ascii=False, separators=(",", ":"), sort_keys=True))
+                [(r.id, r.user_id, r.text, r.created_at, r.updated_at, check_metadata(r.metadata))
                  for r in changed.values() if r is not None])
             conn.execute("COMMIT")
         except BaseException:
@@ -299,12 +299,12 @@ class InMemoryStore:
         query, user_id, k = check_text(query, "query"), check_user(user_id), check_k(k)
         mode, flt = check_mode(mode), parse_filter(filters)
         vec = self._embed([query])[0] if mode != "keyword" else None
-        where, params = to_sql(flt)
+        where, params = to_sql(flt)  # compiled once for both lists
         with self._lock, sql_errors(flt):
             self._check_open()
             ranked = ranked_search(
                 mode, k,
-                vector=lambda n: self._vector_ranked(vec, user_id, n, flt),
+                vector=lambda n: self._vector_ranked(vec, user_id, n, where if flt else None, params),
                 keyword=lambda n: keyword_ranked(self._sql, query, user_id, n, where, params))
             return self._hits(ranked)
 
@@ -313,17 +313,17 @@ class InMemoryStore:
         user_id, k = check_user(user_id), check_k(k)
         q = check_vectors(vec, 1, self.dim)[0]
         flt = parse_filter(filters)
+        where, params = to_sql(flt)
         with self._lock, sql_errors(flt):
             self._check_open()
-            return self._hits(self._vector_ranked(q, user_id, k, flt))
+            return self._hits(self._vector_ranked(q, user_id, k, where if flt else None, params))
 
-    def _vector_ranked(self, q: np.ndarray, user_id: str, k: int, flt: Any) -> list[tuple[int, float]]:
-        if flt is None:
+    def _vector_ranked(self, q: np.ndarray, user_id: str, k: int, where: str | None,
+                       params: list[Any]) -> list[tuple[int, float]]:
+        if where is None:
             ids, scores = self._index.search(user_id, q, k)
         else:
-            where, params = to_sql(flt)
-            subset = [r[0] for r in self._sql.execute(
-                f"SELECT id FROM memories m WHERE m.user_id = ? AND {where} ORDER BY id", [user_id, *params])]
+            subset = matching_ids(self._sql, user_id, where, params)
             ids, scores = self._index.search_subset(user_id, q, k, subset)
         return list(zip(ids.tolist(), scores.tolist()))
 

@@ -5,8 +5,9 @@ from the memories. Here ``memories_fts`` (an external-content index: it
 reads the text from ``memories``, no copy) is kept in step by triggers on the
 ``memories`` table, so every write path (``apply``, ``add_many``, imports, a
 process killed mid-batch) changes both in the same transaction or neither.
-On open, :func:`fts_problem` and :func:`repair_fts` recreate a missing table or trigger and
-refills a table whose row count disagrees with ``memories``.
+On open, :func:`fts_problem` finds a missing table or trigger, an older
+layout or a row count that disagrees with ``memories``, and :func:`repair_fts`
+rebuilds the index from the truth.
 
 Names, dates, numbers and rare words ("Caroline", "LGBTQ", "2022") are
 where a small embedder misses and BM25 does not. The tokenizer is Porter
@@ -41,6 +42,7 @@ __all__ = [
     "RRF_K",
     "FTS_TABLE",
     "FTS_DDL",
+    "FTS_TRIGGERS",
     "user_key",
     "fts_query",
     "fts_problem",
@@ -88,7 +90,7 @@ CREATE TRIGGER memories_fts_au AFTER UPDATE OF text, user_id ON memories BEGIN
     INSERT INTO {FTS_TABLE}(rowid, text, ukey) VALUES (new.id, new.text, new.ukey);
 END;
 """
-_TRIGGERS = ("memories_fts_ai", "memories_fts_ad", "memories_fts_au")
+FTS_TRIGGERS = ("memories_fts_ai", "memories_fts_ad", "memories_fts_au")
 _SIGNATURE = "content = 'memories'"  # an index created otherwise (an older layout) is rebuilt
 
 
@@ -122,7 +124,7 @@ def fts_problem(conn: sqlite3.Connection) -> str | None:
         return "the keyword index is missing"
     if _SIGNATURE not in (have[FTS_TABLE] or ""):
         return "the keyword index has an older layout"
-    if not set(_TRIGGERS) <= set(have):
+    if not set(FTS_TRIGGERS) <= set(have):
         return "a keyword index trigger is missing"
     # docsize holds one row per indexed memory (count(*) on the index itself would read memories)
     n_mem = conn.execute("SELECT count(*) FROM memories").fetchone()[0]
@@ -134,7 +136,7 @@ def fts_problem(conn: sqlite3.Connection) -> str | None:
 
 def repair_fts(conn: sqlite3.Connection) -> None:
     """Recreate the keyword index and its triggers from ``memories`` (caller holds a write transaction)."""
-    for name in _TRIGGERS:
+    for name in FTS_TRIGGERS:
         conn.execute(f"DROP TRIGGER IF EXISTS {name}")
     conn.execute(f"DROP TABLE IF EXISTS {FTS_TABLE}")
     columns = {r[1] for r in conn.execute("PRAGMA table_xinfo(memories)")}
@@ -147,13 +149,12 @@ def repair_fts(conn: sqlite3.Connection) -> None:
 
 def _statements(script: str) -> list[str]:
     """Split the DDL into statements (``executescript`` would COMMIT the caller's transaction)."""
-    out, buf = [], []
-    for line in script.strip().splitlines():
-        buf.append(line)
-        text = "\n".join(buf).strip()
-        if text.endswith(";") and (not text.upper().startswith("CREATE TRIGGER") or text.upper().endswith("END;")):
-            out.append(text)
-            buf = []
+    out, buf = [], ""
+    for line in script.strip().splitlines(keepends=True):
+        buf += line
+        if sqlite3.complete_statement(buf):  # SQLite's own reading: a trigger body ends at END;
+            out.append(buf.strip())
+            buf = ""
     return out
 
 

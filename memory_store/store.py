@@ -32,7 +32,7 @@ import numpy as np
 from memory_store import schema
 from memory_store.embedders import Embedder
 from memory_store.errors import EmbeddingDimensionMismatch, InvalidInput, MemoryNotFound, StoreError
-from memory_store.filters import parse_filter, sql_errors, to_sql
+from memory_store.filters import matching_ids, parse_filter, sql_errors, to_sql
 from memory_store.index import HNSW_EF_SEARCH, INDEX_KINDS, IndexLoadError, VectorIndex
 from memory_store.records import (
     AppliedOp, HistoryEntry, MemoryRecord, SearchHit,
@@ -418,12 +418,12 @@ class MemoryStore:
         query, user_id, k = check_text(query, "query"), check_user(user_id), check_k(k)
         mode, flt = check_mode(mode), parse_filter(filters)
         vec = self._embed([query])[0] if mode != "keyword" else None
-        where, params = to_sql(flt)
+        where, params = to_sql(flt)  # compiled once for both lists
         with self._reading(), sql_errors(flt):
             conn = self._db.conn
             ranked = ranked_search(
                 mode, k,
-                vector=lambda n: self._vector_ranked(vec, user_id, n, flt),
+                vector=lambda n: self._vector_ranked(vec, user_id, n, where if flt else None, params),
                 keyword=lambda n: keyword_ranked(conn, query, user_id, n, where, params))
             return self._hits(user_id, ranked)
 
@@ -432,17 +432,18 @@ class MemoryStore:
         user_id, k = check_user(user_id), check_k(k)
         q = check_vectors(vec, 1, self.dim)[0]
         flt = parse_filter(filters)
+        where, params = to_sql(flt)
         with self._reading(), sql_errors(flt):
-            return self._hits(user_id, self._vector_ranked(q, user_id, k, flt))
+            return self._hits(user_id, self._vector_ranked(q, user_id, k, where if flt else None, params))
 
-    def _vector_ranked(self, q: np.ndarray, user_id: str, k: int, flt: Any) -> list[tuple[int, float]]:
-        """The index's k best ``(id, cosine)`` among the user's rows passing ``flt`` (caller holds a snapshot)."""
-        if flt is None:
+    def _vector_ranked(self, q: np.ndarray, user_id: str, k: int, where: str | None,
+                       params: list[Any]) -> list[tuple[int, float]]:
+        """The index's k best ``(id, cosine)`` among the user's rows passing the compiled filter
+        ``where`` (None: no filter); the caller holds a snapshot."""
+        if where is None:
             ids, scores = self._index.search(user_id, q, k)
         else:
-            where, params = to_sql(flt)
-            subset = [r[0] for r in self._db.conn.execute(
-                f"SELECT id FROM memories m WHERE m.user_id = ? AND {where} ORDER BY id", [user_id, *params])]
+            subset = matching_ids(self._db.conn, user_id, where, params)
             ids, scores = self._index.search_subset(user_id, q, k, subset)
         return list(zip(ids.tolist(), scores.tolist()))
 

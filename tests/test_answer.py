@@ -113,7 +113,7 @@ def test_time_named_in_the_question_boosts_memories_dated_in_it(store):
     assert when is not None and when.text
     timed = timed_agent.retrieve(question, "u", when=when)
     assert timed[0].created_at.startswith("2023-05")
-    assert not plain or not all(h.created_at.startswith("2023-05") for h in plain[:1]) or plain[0].text.endswith(" 5")
+    assert len(plain) == 3  # the same search without the boost (what May's rank would be is up to the embedder)
     # a boost, not a filter: other months are still retrieved
     assert {h.created_at[:7] for h in timed} - {"2023-05"}
 

@@ -16,6 +16,7 @@ import click
 
 from memory_agent.cli.options import policy_options
 from memory_agent.defaults import ANSWER_K, ANSWER_RETRIEVAL
+from memory_store.keyword import SEARCH_MODES
 
 __all__ = ["eval_group"]
 
@@ -46,7 +47,7 @@ def _run_options(fn):
                      help="F1 definition reported (both are stored per question)."),
         click.option("--top-k", type=click.IntRange(min=1), default=ANSWER_K, show_default=True,
                      help="Memories (rag: turns) the Answer Agent retrieves per question."),
-        click.option("--retrieval", "retrieval", multiple=True, type=click.Choice(["hybrid", "vector", "keyword"]),
+        click.option("--retrieval", "retrieval", multiple=True, type=click.Choice(SEARCH_MODES),
                      help="How the Answer Agent searches (default hybrid); repeat for several: each gets "
                           "OUT/<method>-<mode>/, the memory is built once."),
         click.option("--stores-from", type=click.Path(file_okay=False, exists=True, path_type=Path), default=None,
@@ -131,15 +132,13 @@ def compare_cmd(runs, out, f1, metric) -> None:
     click.echo(f"wrote {path}")
 
 
-
-
 @eval_group.command("retrieval")
 @click.option("--data", "data", default=None, metavar="PATH", help="As for `memory-agent eval`.")
 @click.option("--split", type=click.Choice(SPLIT_NAMES), default=None, help="LoCoMo split (default dev).")
 @click.option("--memory", "memory", default="turns", show_default=True, metavar="turns|RUN",
               help="turns = the raw dialogue turns (the rag memory); or a finished `memory-agent eval` run "
                    "folder whose stores/ hold each conversation's memory.")
-@click.option("--mode", "modes", multiple=True, type=click.Choice(["vector", "keyword", "hybrid"]),
+@click.option("--mode", "modes", multiple=True, type=click.Choice(SEARCH_MODES),
               help="Search modes to score (default: all three).")
 @click.option("--top-k", type=click.IntRange(min=1), default=ANSWER_K, show_default=True)
 @click.option("--no-time", is_flag=True, help="Turn off the time boost of questions that name a time.")
