@@ -355,7 +355,9 @@ def test_timed_search_is_the_answer_agents_own(tmp_path, data_file, models, monk
         speakers = {r.metadata.get("speaker") for r in s.list("synthetic-1")}
     assert calls and set(calls) == {"keyword"} and len(calls) == 3 * (2 if len(speakers) == 2 else 1)
     rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
-    assert all(r["search_ms"] is not None and r["search_ms"] < r["answer_ms"] for r in rows)
+    # answer_ms is the batch's end-to-end time spread over its questions, searches included
+    assert all(r["search_ms"] is not None for r in rows)
+    assert sum(r["search_ms"] for r in rows) <= sum(r["answer_ms"] for r in rows)
 
 
 def test_evidence_recall_on_known_answers(tmp_path):
