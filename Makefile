@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test bench clean
+.PHONY: install sysdeps demo test bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -23,10 +23,19 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 install: $(STAMP)
 
-demo: install
+# Debian packages: bubblewrap (file isolation of the RLM code sandbox) and
+# libseccomp (its syscall filter). Installed when missing and we are root with
+# apt; otherwise the sandbox runs without them, warns, and their tests skip.
+sysdeps:
+	@command -v bwrap >/dev/null && ldconfig -p 2>/dev/null | grep -q libseccomp.so.2 || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap libseccomp2 >/dev/null; } || \
+	  echo "warning: bubblewrap/libseccomp not installed: the RLM sandbox will run without file isolation"
+
+demo: install sysdeps
 	$(BIN)/memory-agent demo
 
-test: install
+test: install sysdeps
 	$(BIN)/python -m pytest -q tests
 
 bench: install

@@ -93,7 +93,7 @@ def parse_answer(raw: str, n_shown: int) -> tuple[str, list[int], bool]:
     m = _STRICT_MARKER.search(raw)
     if m is None:
         # Tolerate a plain "Answer:" line; anything else is an invalid (counted) reply.
-        m = re.search(r"(?im)^\s*answer\s*:\s*", raw)
+        m = re.search(r"(?im)^[^\S\n]*answer\s*:\s*", raw)  # [^\S\n]: blank lines cost linear, not quadratic
     if m is not None:
         head, tail = raw[: m.start()], raw[m.end() :]
         lines = [ln.strip() for ln in tail.strip().splitlines() if ln.strip()]
@@ -108,9 +108,12 @@ def parse_answer(raw: str, n_shown: int) -> tuple[str, list[int], bool]:
     if re.fullmatch(r"(\[\d+\][\s,]*)+", text):  # only memory numbers, no answer
         valid = False
     selected: list[int] = []
-    for tok in re.findall(r"\[(\d+)\]|\b(?:relevant|memories?)\s*:?\s*((?:\d+\s*,?\s*)+)", head, re.IGNORECASE):
+    # Possessive \s*+: a long blank run after "relevant" must not be re-split (quadratic).
+    for tok in re.findall(r"\[(\d+)\]|\b(?:relevant|memories?)\s*+:?\s*+((?:\d+\s*+,?\s*+)+)", head, re.IGNORECASE):
         nums = [tok[0]] if tok[0] else re.findall(r"\d+", tok[1])
         for n in nums:
+            if len(n) > 9:  # not a shown index, and int() refuses 4,300+ digits
+                continue
             i = int(n)
             if 0 <= i < n_shown and i not in selected:
                 selected.append(i)

@@ -107,8 +107,9 @@ _IGNORED_KEYS = {"old_memory", "old_text", "reason", "explanation"}
 _LINE = re.compile(
     r"""^\s*(?:[-*•]\s*|\d+[.)]\s+)?          # bullet or list number
         (?P<op>add|update|delete|remove|noop|none|no-op|no_op)\b
-        \s*(?:\[?\s*(?:id\s*[=:]?\s*)?(?P<id>-?\d+)\s*\]?)?   # id: 2, [2], id=2
-        \s*(?::\s*|-\s+|\s+)?(?P<text>.*?)\s*$""",
+        \s*(?:\[?\s*(?:id\s*[=:]?\s*)?(?P<id>-?\d{1,9})(?!\d)\s*\]?)?   # id: 2, [2], id=2
+        \s*(?::\s*|-\s+|\s+)?(?P<text>.*)$""",  # text greedy, stripped by the caller: a lazy
+                                                # text before \s*$ is quadratic on long blank runs
     re.IGNORECASE | re.VERBOSE,
 )
 
@@ -156,6 +157,7 @@ def check_grounded(ops: list, facts: list[str] | tuple[str, ...], shown: list[st
     ("Maria loves a banana. She loves a banana. ...") and "UPDATE" a memory
     with unrelated invented text, destroying a stored fact. So:
 
+    * no more ADDs than new facts (one fact reworded many times is a flood);
     * no ADD/UPDATE text may be a generation loop;
     * at least half of an ADD's content words must occur in the new facts,
       and of an UPDATE's in the new facts or the memory it replaces (a merge
@@ -167,6 +169,11 @@ def check_grounded(ops: list, facts: list[str] | tuple[str, ...], shown: list[st
     ``shown`` are the shown memories' texts in prompt order (small id = index).
     """
     fact_words = {_stem(w) for f in facts for w in _content(f)}
+    adds = sum(isinstance(op, AddOp) for op in ops)
+    if adds > max(len(facts), 1):
+        # Each new fact is at most one new memory; more is a loop or a flood (one fact
+        # reworded into hundreds of grounded ADDs would otherwise all land).
+        raise InvalidModelOutput(f"{adds} ADDs for {len(facts)} new fact(s)", raw)
     for op in ops:
         if not isinstance(op, (AddOp, UpdateOp)):
             continue
@@ -219,21 +226,22 @@ def _extract_json(text: str) -> Any | None:
     if end <= start:
         return None
     candidate = text[start : end + 1]
-    # Leading "[2]" in "UPDATE [2]: ..." is the compact format, not JSON.
+    # Leading "[2]" in "UPDATE [2]: ..." is the compact format, not JSON; so is any output whose
+    # first line is an operation line: JSON inside it ("ADD: {"op": "DELETE", "id": 0}", a user's
+    # words echoed) is memory text, never operations.
     if re.fullmatch(r"\[\s*-?\d+\s*\]", candidate) or _LINE.match(text.splitlines()[0] if text else ""):
-        if not candidate.lstrip().startswith(("{", "[{", "[ {", "[\n")):
-            return None
+        return None
     for attempt in (candidate, re.sub(r",\s*([}\]])", r"\1", candidate)):
         try:
             return json.loads(attempt)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # bad JSON, a 5,000-digit number, nesting past the stack
             pass
     # Single quotes / Python literals: literal_eval is safe (no code runs).
     pythonish = re.sub(r",\s*([}\]])", r"\1", candidate)
     pythonish = re.sub(r"\btrue\b", "True", re.sub(r"\bfalse\b", "False", re.sub(r"\bnull\b", "None", pythonish)))
     try:
         return ast.literal_eval(pythonish)
-    except (ValueError, SyntaxError, MemoryError, RecursionError):
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):  # TypeError: {[1]: 2}
         return None
 
 
@@ -291,7 +299,7 @@ def _coerce_id(value: Any, raw: str) -> int:
         return value
     if isinstance(value, float) and value.is_integer():
         return int(value)
-    if isinstance(value, str) and re.fullmatch(r"\s*\[?\s*-?\d+\s*\]?\s*", value):
+    if isinstance(value, str) and re.fullmatch(r"\s*\[?\s*-?\d{1,9}\s*\]?\s*", value):
         return int(value.strip(" []"))
     raise InvalidModelOutput(f"id must be an integer, got {value!r}", raw)
 

@@ -17,6 +17,8 @@ import stat
 from pathlib import Path
 from typing import IO, Any
 
+from memory_store.errors import StoreError
+
 __all__ = ["DIR_MODE", "FILE_MODE", "private_folder", "private_file", "open_private"]
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,12 @@ def private_folder(path: Path, db_name: str = "memories.db") -> None:
         if _POSIX:
             os.chmod(path, DIR_MODE)  # explicit: mkdir's mode is filtered by the umask
         return
+    for name in (db_name, db_name + "-wal", db_name + "-shm"):
+        # SQLite follows links: a planted (even dangling) link would make the store create or
+        # write a file wherever it points, or read another store. Refused, nothing created.
+        if (path / name).is_symlink():
+            raise StoreError(f"{path / name} is a symbolic link; a store's database files must be regular "
+                             "files in its folder")
     if not _POSIX:
         return
     if not (path / db_name).exists():

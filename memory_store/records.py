@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, TypeAdapter
 
 __all__ = [
     "MemoryRecord",
@@ -72,7 +72,7 @@ class Add(BaseModel):
 
     model_config = _OP
     op: Literal["ADD"] = "ADD"
-    text: str
+    text: StrictStr  # strict: bytes are refused here as in add(), not decoded
     metadata: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -82,7 +82,7 @@ class Update(BaseModel):
     model_config = _OP
     op: Literal["UPDATE"] = "UPDATE"
     id: int
-    text: str
+    text: StrictStr
 
 
 class Delete(BaseModel):

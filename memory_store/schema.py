@@ -98,14 +98,24 @@ def connect(folder: Path) -> sqlite_utils.Database:
     ``BEGIN IMMEDIATE``), which is what makes a batch all-or-nothing and
     avoids the lock-upgrade deadlock of deferred transactions.
     """
-    conn = sqlite3.connect(str(folder / DB_NAME), timeout=BUSY_TIMEOUT_MS / 1000,
-                           isolation_level=None, check_same_thread=False)
-    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-    if str(mode).lower() != "wal":
-        raise StoreError(f"could not enable WAL mode on {folder} (got {mode!r})")
-    conn.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: durable across process crashes
-    conn.execute("PRAGMA foreign_keys = ON")
+    try:
+        conn = sqlite3.connect(str(folder / DB_NAME), timeout=BUSY_TIMEOUT_MS / 1000,
+                               isolation_level=None, check_same_thread=False)
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot open the store database in {folder}: {exc}") from exc
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        # A read-only folder or file fails here (WAL needs its -shm/-wal files): typed, not raw sqlite3.
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise StoreError(f"could not enable WAL mode on {folder} (got {mode!r})")
+        conn.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: durable across process crashes
+        conn.execute("PRAGMA foreign_keys = ON")
+    except BaseException as exc:
+        conn.close()
+        if isinstance(exc, sqlite3.Error):
+            raise StoreError(f"cannot open the store database in {folder} (read-only or full?): {exc}") from exc
+        raise
     return sqlite_utils.Database(conn)
 
 

@@ -88,11 +88,16 @@ class MemoryStore:
         if embedder is not None and dim is not None and int(embedder.dim) != dim:
             raise EmbeddingDimensionMismatch(f"embedder dim {embedder.dim} != dim={dim}")
         self.path = Path(path)
+        if "\x00" in str(self.path):  # os calls would raise a raw ValueError
+            raise InvalidInput(f"store path contains a NUL byte: {str(self.path)!r}")
         if embedder is None and dim is None and not (self.path / schema.DB_NAME).exists():
             # Checked before creating anything: a new store must know its vector width.
             raise StoreError(f"no store at {self.path}: creating one needs an embedder or dim=")
-        private_folder(self.path, schema.DB_NAME)  # 0700, or tightened if an older version left it open to others
-        private_file(self.path / schema.DB_NAME)  # 0600 from the start; -wal/-shm inherit its mode
+        try:
+            private_folder(self.path, schema.DB_NAME)  # 0700, or tightened if an older version left it open to others
+            private_file(self.path / schema.DB_NAME)  # 0600 from the start; -wal/-shm inherit its mode
+        except OSError as exc:  # read-only or full folder, not ours...: typed, the cause kept
+            raise StoreError(f"cannot create or open the store folder {self.path}: {exc}") from exc
         self.embedder = embedder
         self.index_kind = index or "flat"
         if isinstance(ef_search, bool) or not isinstance(ef_search, int) or ef_search < 1:
@@ -118,7 +123,6 @@ class MemoryStore:
         except BaseException:
             self._db.conn.close()
             raise
-        self._saved_seq = self._index.seq if (self.path / INDEX_FILE).exists() else -1
 
     # ---- plumbing -------------------------------------------------------------------
 
@@ -171,6 +175,9 @@ class MemoryStore:
             except IndexLoadError as exc:
                 log.warning("index %s unusable (%s): rebuilding from SQLite", file, exc)
         self._index = idx if idx is not None else VectorIndex(self.dim, self.index_kind, self.ef_search)
+        # What the file holds (-1: nothing usable), not the caught-up state: a replayed or
+        # rebuilt index is saved at close, so the next open does not redo the recovery.
+        self._saved_seq = idx.seq if idx is not None else -1
         if idx is None:
             self._index.seq = -1  # forces a full rebuild in _catch_up
         self._db.conn.execute("BEGIN")
@@ -489,8 +496,8 @@ class MemoryStore:
             if self._index.seq == self._saved_seq and file.exists():
                 return
             on_disk = VectorIndex.peek(file)
-            if on_disk and on_disk.get("db_uuid") == self._uuid and on_disk.get("kind") == self.index_kind \
-                    and int(on_disk.get("seq", -1)) >= self._index.seq:
+            if self._saved_seq >= 0 and on_disk and on_disk.get("db_uuid") == self._uuid \
+                    and on_disk.get("kind") == self.index_kind and int(on_disk.get("seq", -1)) >= self._index.seq:
                 return  # another process already saved a state at least as new
             try:
                 self._index.save(file, self._uuid)

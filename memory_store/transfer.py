@@ -32,6 +32,10 @@ if TYPE_CHECKING:
 __all__ = ["export_jsonl", "import_jsonl"]
 
 _EVENTS = ("ADD", "UPDATE", "DELETE")
+# What export_jsonl writes; anything else in a line is refused (a forged or foreign file).
+_FIELDS = {"id", "user_id", "text", "created_at", "updated_at", "metadata", "hash", "history", "embedding", "deleted"}
+_EVENT_FIELDS = {"event", "old_text", "new_text", "actor", "source", "at"}
+_MAX_ID = 2**63 - 1  # SQLite's INTEGER
 
 
 def export_jsonl(store: "MemoryStore", path: str | Path, *, user_id: str | None = None,
@@ -94,25 +98,36 @@ def _deleted(conn: Any, user_id: str | None) -> list[dict[str, Any]]:
 def _parse(path: str | Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     items: list[dict[str, Any]] = []
     deleted: list[dict[str, Any]] = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise InvalidInput(f"{path}:{lineno}: not UTF-8: {exc}") from None
             if not line.strip():
                 continue
             try:
                 item = json.loads(line)
-            except ValueError as exc:
-                raise InvalidInput(f"{path}:{lineno}: not JSON: {exc}") from exc
+            except (ValueError, RecursionError) as exc:  # RecursionError: nesting past the stack
+                raise InvalidInput(f"{path}:{lineno}: not JSON: {exc}") from None
             if not isinstance(item, dict):
                 raise InvalidInput(f"{path}:{lineno}: expected an object")
+            unknown = sorted(set(item) - _FIELDS)
+            if unknown:
+                raise InvalidInput(f"{path}:{lineno}: unknown field(s) {unknown}")
+            if item.get("deleted", False) not in (True, False):
+                raise InvalidInput(f"{path}:{lineno}: deleted must be true or false")
+            history = item.get("history") or []
+            if not isinstance(history, list):
+                raise InvalidInput(f"{path}:{lineno}: history must be a list")
+            for h in history:
+                _check_event(h, f"{path}:{lineno}", need_at=item.get("deleted") is True)
             try:
                 mid = item["id"]
-                if isinstance(mid, bool) or not isinstance(mid, int) or mid < 1:
+                if isinstance(mid, bool) or not isinstance(mid, int) or not 1 <= mid <= _MAX_ID:
                     raise InvalidInput(f"{path}:{lineno}: id must be a positive int")
                 check_user(item["user_id"])
                 if item.get("deleted") is True:
-                    for h in item.get("history") or []:
-                        if not isinstance(h, dict) or h.get("event") not in _EVENTS or not h.get("at"):
-                            raise InvalidInput(f"{path}:{lineno}: bad history entry {h!r}")
                     deleted.append(item)
                     continue
                 check_text(item["text"])
@@ -121,14 +136,32 @@ def _parse(path: str | Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]
                 item["metadata_json"] = check_metadata(item.get("metadata") or {})
             except KeyError as exc:
                 raise InvalidInput(f"{path}:{lineno}: missing field {exc}") from None
-            for h in item.get("history") or []:
-                if not isinstance(h, dict) or h.get("event") not in _EVENTS:
-                    raise InvalidInput(f"{path}:{lineno}: bad history entry {h!r}")
             items.append(item)
     ids = [i["id"] for i in items + deleted]
     if len(set(ids)) != len(ids):
         raise InvalidInput(f"{path}: duplicate ids")
     return items, deleted
+
+
+def _check_event(h: Any, where: str, *, need_at: bool) -> None:
+    """One history entry: a known event, known fields, texts as strings SQLite can store."""
+    if not isinstance(h, dict) or h.get("event") not in _EVENTS or (need_at and not h.get("at")):
+        raise InvalidInput(f"{where}: bad history entry {h!r}")
+    unknown = sorted(set(h) - _EVENT_FIELDS)
+    if unknown:
+        raise InvalidInput(f"{where}: unknown field(s) {unknown} in history entry")
+    for key in ("old_text", "new_text", "actor", "source", "at"):
+        value = h.get(key)
+        if value is not None and (not isinstance(value, str) or not _utf8_ok(value)):
+            raise InvalidInput(f"{where}: history {key} must be a (valid Unicode) string or null, got {value!r}")
+
+
+def _utf8_ok(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates (JSON "\ud800"): SQLite cannot store them
+        return False
+    return True
 
 
 def _history_rows(item: dict[str, Any], events: list[dict[str, Any]], default_at: str | None) -> list[tuple]:

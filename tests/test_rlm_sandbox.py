@@ -2,7 +2,9 @@
 
 Each test runs model-style code in a real sandboxed worker. Tests that need an
 OS feature skip (with the reason) only where the feature is really absent:
-e.g. dropping to ``nobody`` needs root.
+e.g. dropping to ``nobody`` needs root, file isolation needs bubblewrap (which
+``make test`` installs). The shared ``sandbox`` fixture runs every probe twice:
+under bubblewrap and with the in-process layers alone (``isolation="none"``).
 """
 
 from __future__ import annotations
@@ -14,20 +16,33 @@ import time
 
 import pytest
 
-from memory_agent.rlm import RecursiveRetriever
+from memory_agent.errors import ConfigError, SandboxError
+from memory_agent.rlm import RecursiveRetriever, isolation
 from memory_agent.rlm.sandbox import Sandbox, SandboxConfig
 
 IS_ROOT = os.geteuid() == 0
+
+
+def _bwrap_reason() -> str:
+    sb = Sandbox("c", config=SandboxConfig(isolation="none"), on_llm=lambda items: [])
+    found = isolation.probe(sb._python, sb._uid, sb._gid)
+    return "" if found.ok else found.reason
+
+
+NO_BWRAP = _bwrap_reason()
+needs_bwrap = pytest.mark.skipif(bool(NO_BWRAP), reason=f"file isolation unavailable: {NO_BWRAP}")
 
 
 def echo_llm(items):
     return [{"ok": True, "text": "echo:" + it["prompt"]} for it in items]
 
 
-@pytest.fixture
-def sandbox():
-    sb = Sandbox("the context", config=SandboxConfig(cell_timeout=1.5, memory_mb=256), on_llm=echo_llm,
-                 repl_limits={"max_subcall_chars": 6000})
+@pytest.fixture(params=["auto", "none"], ids=["bubblewrap", "in-process"])
+def sandbox(request):
+    if request.param == "auto" and NO_BWRAP:
+        pytest.skip(f"file isolation unavailable: {NO_BWRAP}")
+    sb = Sandbox("the context", config=SandboxConfig(cell_timeout=1.5, memory_mb=256, isolation=request.param),
+                 on_llm=echo_llm, repl_limits={"max_subcall_chars": 6000})
     sb.start()
     yield sb
     sb.close()
@@ -119,7 +134,8 @@ def test_reading_a_private_file_outside_fails(sandbox, tmp_path):
     secret.write_text("top secret")
     os.chmod(secret, 0o600)
     res = sandbox.run_cell(f"print(open({str(secret)!r}).read())")
-    assert res.error and "PermissionError" in res.error
+    # PermissionError with the in-process layers; FileNotFoundError under bubblewrap (not even visible)
+    assert res.error and ("PermissionError" in res.error or "FileNotFoundError" in res.error)
     assert "top secret" not in res.stdout
 
 
@@ -153,7 +169,9 @@ def test_network_is_unreachable(sandbox):
     server.settimeout(0.5)
     port = server.getsockname()[1]
     try:
-        code = (f"import socket\ns = socket.socket()\ns.settimeout(2)\ntry:\n    s.connect(('127.0.0.1', {port}))\n"
+        # refused at socket() by seccomp, or at connect() by the empty network namespace
+        code = (f"import socket\ntry:\n    s = socket.socket()\n    s.settimeout(2)\n"
+                f"    s.connect(('127.0.0.1', {port}))\n"
                 "    print('CONNECTED')\nexcept OSError as exc:\n    print('refused', type(exc).__name__)")
         out = sandbox.run_cell(code).stdout
         assert "CONNECTED" not in out and "refused" in out
@@ -198,9 +216,11 @@ def test_work_folder_is_private_and_removed():
     workdir = sb._workdir
     mode = os.stat(workdir).st_mode & 0o777
     out = sb.run_cell("import os\nprint(os.getcwd())").stdout.strip()
+    codedir = sb._codedir
     sb.close()
     assert mode == 0o700 and out == workdir
     assert not os.path.exists(workdir)
+    assert codedir is None or not os.path.exists(codedir)
 
 
 def test_limits_are_frozen():
@@ -210,3 +230,113 @@ def test_limits_are_frozen():
 
     with pytest.raises(dataclasses.FrozenInstanceError):
         RLMLimits().max_subcalls = 10**9
+
+
+# --------------------------------------------------------------------------- file isolation (issue 14)
+
+
+@pytest.fixture
+def isolated():
+    sb = Sandbox("the context", config=SandboxConfig(cell_timeout=3.0, memory_mb=256, isolation="bubblewrap",
+                                                     work_mb=8), on_llm=echo_llm)
+    sb.start()
+    yield sb
+    sb.close()
+
+
+def _attempt(sandbox, expr: str) -> str:
+    """Run ``expr`` in the sandbox; 'OK:<value>' or the exception's class name."""
+    code = f"try:\n    print('OK:' + repr({expr}))\nexcept Exception as exc:\n    print(type(exc).__name__)"
+    return sandbox.run_cell(code).stdout.strip()
+
+
+@needs_bwrap
+def test_a_store_in_an_open_folder_is_neither_readable_nor_listable(isolated, tmp_path, embedder):
+    from memory_store import MemoryStore
+
+    folder = tmp_path / "store"
+    with MemoryStore(folder, embedder=embedder) as store:
+        store.add("alice's secret: the safe code is 4417", user_id="alice")
+    # the old, loose layout the issue found: a world-readable folder and files
+    for path in [tmp_path, folder, *folder.iterdir()]:
+        os.chmod(path, 0o755 if path.is_dir() else 0o644)
+    db = next(p for p in folder.iterdir() if p.suffix in (".db", ".sqlite", ".sqlite3"))
+    assert _attempt(isolated, f"open({str(db)!r}, 'rb').read(100)") in ("FileNotFoundError", "PermissionError")
+    assert _attempt(isolated, f"__import__('os').listdir({str(folder)!r})") in ("FileNotFoundError",
+                                                                              "PermissionError")
+    assert "4417" not in isolated.run_cell(f"print(open({str(db)!r}, 'rb').read())").stdout
+
+
+@needs_bwrap
+def test_no_process_of_the_host_is_reachable_through_proc(isolated):
+    for pid in (os.getpid(), "self", 1):
+        assert _attempt(isolated, f"open('/proc/{pid}/environ', 'rb').read()") == "FileNotFoundError"
+    parent = isolated.run_cell("import os\nprint(os.getppid())").stdout.strip()
+    assert _attempt(isolated, f"open('/proc/{parent}/environ', 'rb').read()") == "FileNotFoundError"
+
+
+@needs_bwrap
+def test_tmp_shows_only_the_sandbox_own_folder(isolated, tmp_path):
+    assert len(os.listdir("/tmp")) > 1  # the host's /tmp has other entries (pytest's own, at least)
+    listing = isolated.run_cell("import os\nprint(os.listdir('/tmp'))").stdout.strip()
+    assert listing == repr([os.path.basename(isolated._workdir)])
+    assert _attempt(isolated, "open('/tmp/escape.txt', 'w')") == "OSError"  # read-only tmpfs
+
+
+@needs_bwrap
+def test_only_the_interpreter_is_visible(isolated):
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for path in (repo, "/root", "/home", "/etc", "/var", "/work", "/proc", os.path.expanduser("~")):
+        assert _attempt(isolated, f"__import__('os').listdir({path!r})") in ("FileNotFoundError",
+                                                                         "PermissionError"), path
+    assert isolated.protections["filesystem_isolation"].startswith("bubblewrap")
+    assert set(isolated.protections["visible_root"]) <= {"bin", "dev", "lib", "lib32", "lib64", "libx32",
+                                                         "rlm", "sbin", "tmp", "usr"}
+    assert _attempt(isolated, "__import__('json').dumps([1])") == "OK:'[1]'"  # the stdlib still works
+
+
+@needs_bwrap
+def test_the_work_folder_is_bounded_in_total(isolated):
+    code = """
+import os
+written = 0
+try:
+    for i in range(6):  # 6 x 2 MiB files against an 8 MiB folder; each file is under RLIMIT_FSIZE
+        with open(f'f{i}', 'wb') as fh:
+            fh.write(b'x' * (2 << 20))
+        written += 1
+    print('ALL', written)
+except OSError as exc:
+    print('STOPPED', written, exc.errno)
+"""
+    out = isolated.run_cell(code).stdout.strip()
+    assert out.startswith("STOPPED") and out.endswith(" 28"), out  # ENOSPC
+
+
+@needs_bwrap
+def test_seccomp_refuses_exec_ptrace_and_namespaces(isolated):
+    assert isolated.protections["seccomp"] is True
+    assert _attempt(isolated, "__import__('os').execv('/usr/bin/true', ['true'])") == "PermissionError"
+    code = ("import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+            "print(libc.unshare(0x10000000), ctypes.get_errno(), libc.ptrace(16, 1, 0, 0), ctypes.get_errno())")
+    assert isolated.run_cell(code).stdout.split() == ["-1", "1", "-1", "1"]  # EPERM, EPERM
+
+
+def test_required_isolation_refuses_to_run_without_it(monkeypatch):
+    monkeypatch.setattr(isolation, "probe", lambda *a: isolation.Probe(False, None, reason="bwrap is missing"))
+    with pytest.raises(SandboxError, match="bwrap is missing"):
+        Sandbox("c", config=SandboxConfig(isolation="bubblewrap"), on_llm=echo_llm)
+
+
+def test_missing_isolation_falls_back_loudly_and_says_so(monkeypatch, caplog):
+    monkeypatch.setattr(isolation, "probe", lambda *a: isolation.Probe(False, None, reason="bwrap is gone (test)"))
+    with caplog.at_level("WARNING"), Sandbox("c", config=SandboxConfig(), on_llm=echo_llm) as sb:
+        assert sb.run_cell("print(1 + 1)").stdout.strip() == "2"
+    assert any("WITHOUT file isolation" in r.getMessage() for r in caplog.records)
+    assert sb.protections["filesystem_isolation"] is False
+    assert sb.protections["errors"]["filesystem_isolation"] == "bwrap is gone (test)"
+
+
+def test_unknown_isolation_mode_is_a_config_error():
+    with pytest.raises(ConfigError, match="isolation"):
+        SandboxConfig(isolation="docker")

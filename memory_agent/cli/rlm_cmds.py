@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 
 from memory_agent.errors import ConfigError
+from memory_agent.rlm.sandbox import ISOLATION_MODES
 
 __all__ = ["rlm", "load_context_file", "load_memory_bank"]
 
@@ -63,10 +64,13 @@ def load_context_file(path: str) -> str | list:
 @click.option("--max-iterations", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--max-depth", type=click.IntRange(min=1), default=2, show_default=True)
 @click.option("--max-subcalls", type=click.IntRange(min=1), default=500, show_default=True)
+@click.option("--isolation", type=click.Choice(ISOLATION_MODES), default="auto", show_default=True,
+              help="File isolation of the code sandbox: auto = bubblewrap where it works (else a warning), "
+                   "bubblewrap = refuse to run without it, none = in-process layers only.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def rlm(question: str, db: str | None, user_id: str, context_file: str | None, model: str, sub_model: str | None,
         strategy: str, trajectory: str | None, max_iterations: int, max_depth: int, max_subcalls: int,
-        as_json: bool) -> None:
+        isolation: str, as_json: bool) -> None:
     """Answer QUESTION by recursive retrieval over a memory bank or a raw history."""
     if (db is None) == (context_file is None):
         raise click.UsageError("give exactly one of --db or --context")
@@ -80,7 +84,7 @@ def rlm(question: str, db: str | None, user_id: str, context_file: str | None, m
     sub = resolve_llm(sub_model) if sub_model else root
     if strategy == "auto" and model == "default":
         strategy = "program"
-    limits = RLMLimits(max_depth=max_depth, max_subcalls=max_subcalls)
+    limits = RLMLimits(max_depth=max_depth, max_subcalls=max_subcalls, sandbox_isolation=isolation)
     result = RecursiveRetriever(root, sub, limits=limits, strategy=strategy,
                                 max_iterations=max_iterations).run(question, context, trajectory_path=trajectory)
     if as_json:

@@ -134,8 +134,9 @@ def run_rlm_benchmark(llm: Any, *, needles: int = 20, history_chars: int = 820_0
         "verify_window_chars": window, "candidates_per_needle": max_candidates,
         "results": {m["mode"]: m for m in modes},
         "sandbox_protections": {k: v for k, v in protections.items()
-                                if k in ("dropped_privileges", "network_namespace", "readonly_shared_tmp",
-                                         "process_limit_binds", "no_new_privs", "seccomp", "audit_hook_blocks")},
+                                if k in ("filesystem_isolation", "dropped_privileges", "network_namespace",
+                                         "readonly_shared_tmp", "process_limit_binds", "no_new_privs", "seccomp",
+                                         "audit_hook_blocks")},
     }
     if len(modes) == 2 and modes[0]["wall_s"] > 0:
         result["batching_speedup"] = round(modes[1]["wall_s"] / modes[0]["wall_s"], 2)

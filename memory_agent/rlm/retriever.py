@@ -60,11 +60,13 @@ class RLMLimits:
     max_open_files: int = 64
     max_file_mb: int = 16
     sandbox_user: str = "nobody"
+    sandbox_isolation: str = "auto"    # see SandboxConfig.isolation
 
     def sandbox_config(self) -> SandboxConfig:
         return SandboxConfig(cell_timeout=self.cell_timeout, memory_mb=self.memory_mb,
                              cpu_seconds=self.cpu_seconds, max_open_files=self.max_open_files,
-                             max_file_mb=self.max_file_mb, user=self.sandbox_user)
+                             max_file_mb=self.max_file_mb, user=self.sandbox_user,
+                             isolation=self.sandbox_isolation)
 
 
 @dataclass

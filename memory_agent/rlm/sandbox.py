@@ -3,8 +3,10 @@
 What: :class:`Sandbox` starts ``worker.py`` under a bare ``python -I -S -B``
 with an empty environment, a fresh temporary folder (mode 700, owned by the
 unprivileged user, removed afterwards) and its own session/process group;
-asks it to apply the OS protections (see ``worker.py``); sends the context;
-then runs code cells, serving the worker's ``llm`` RPCs through a callback.
+wraps it in bubblewrap where that works (``isolation.py``: the code sees no
+host file but the interpreter); asks it to apply the in-process protections
+(see ``worker.py``); sends the context over the pipe; then runs code cells,
+serving the worker's ``llm`` RPCs through a callback.
 
 Why this shape: everything the model writes runs in the child, so the host's
 ``sys.stdout``, working directory and memory are never touched, and every
@@ -18,6 +20,7 @@ before it reads any model code.
 
 from __future__ import annotations
 
+import logging
 import os
 import pwd
 import queue
@@ -32,14 +35,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from memory_agent.errors import SandboxError
-from memory_agent.rlm import protocol
+from memory_agent.errors import ConfigError, SandboxError
+from memory_agent.rlm import isolation, protocol
 
-__all__ = ["SandboxConfig", "CellResult", "Sandbox", "pick_interpreter", "WORKER_PATH"]
+__all__ = ["SandboxConfig", "CellResult", "Sandbox", "pick_interpreter", "WORKER_PATH", "ISOLATION_MODES"]
 
 WORKER_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "worker.py")
+ISOLATION_MODES = ("auto", "bubblewrap", "none")
 _START_TIMEOUT = 30.0
 _GRACE = 2.0  # the worker's own SIGALRM fires first; the kill is the backstop
+log = logging.getLogger(__name__)
+_warned: set[str] = set()
 
 
 @dataclass(frozen=True)
@@ -55,6 +61,16 @@ class SandboxConfig:
     network_namespace: bool = True
     mount_namespace: bool = True
     max_restarts: int = 5
+    # "auto": bubblewrap where it works, else a loud warning and the in-process
+    # layers only; "bubblewrap": refuse to run without it; "none": never use it
+    isolation: str = "auto"
+    work_mb: int = 64  # total size of the work folder under bubblewrap (a tmpfs)
+    seccomp: bool = True
+
+    def __post_init__(self):
+        if self.isolation not in ISOLATION_MODES:
+            raise ConfigError(f"sandbox isolation must be one of {', '.join(ISOLATION_MODES)}; "
+                              f"got {self.isolation!r}")
 
 
 @dataclass
@@ -128,6 +144,22 @@ class Sandbox:
             except KeyError:
                 pass
         self._python = pick_interpreter(self._uid is not None)
+        self._bwrap, self._isolation_error = self._choose_isolation()
+        self._codedir: str | None = None
+
+    def _choose_isolation(self) -> tuple[isolation.Probe | None, str | None]:
+        if self.config.isolation == "none":
+            return None, "turned off (isolation='none')"
+        found = isolation.probe(self._python, self._uid, self._gid)
+        if found.ok:
+            return found, None
+        if self.config.isolation == "bubblewrap":
+            raise SandboxError(f"file isolation was required but is unavailable: {found.reason}")
+        if found.reason not in _warned:
+            _warned.add(found.reason)
+            log.warning("RLM sandbox WITHOUT file isolation: model-written code can read every "
+                        "world-readable file of this machine. %s", found.reason)
+        return None, found.reason
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -152,9 +184,10 @@ class Sandbox:
             except (OSError, subprocess.TimeoutExpired, ValueError):
                 pass
             self._kill(proc)
-        if self._workdir:
-            shutil.rmtree(self._workdir, ignore_errors=True)
-            self._workdir = None
+        for folder in (self._workdir, self._codedir):
+            if folder:
+                shutil.rmtree(folder, ignore_errors=True)
+        self._workdir = self._codedir = None
 
     def _kill(self, proc: subprocess.Popen) -> None:
         try:
@@ -172,6 +205,25 @@ class Sandbox:
             except OSError:
                 pass
 
+    def _command(self) -> list[str]:
+        if self._bwrap is None:
+            return [self._python, "-I", "-S", "-B", WORKER_PATH]
+        if self._codedir is None:
+            self._codedir = tempfile.mkdtemp(prefix="rlm-code-")
+            isolation.copy_worker_files(os.path.dirname(WORKER_PATH), self._codedir)
+        return isolation.bwrap_command(self._bwrap.binary, self._python, self._workdir, self._codedir,
+                                       self.config.work_mb)
+
+    def _setup_message(self) -> dict:
+        cfg, outer = self.config, self._bwrap is not None
+        return {"type": "setup", "workdir": self._workdir,
+                # under bubblewrap the worker already is the sandbox user, in its own namespaces
+                "uid": None if outer else self._uid, "gid": None if outer else self._gid,
+                "memory_mb": cfg.memory_mb, "cpu_seconds": cfg.cpu_seconds,
+                "max_open_files": cfg.max_open_files, "max_file_mb": cfg.max_file_mb,
+                "netns": cfg.network_namespace and not outer, "mountns": cfg.mount_namespace and not outer,
+                "isolation": "bubblewrap" if outer else None, "seccomp": cfg.seccomp}
+
     def _spawn(self) -> None:
         self._workdir = tempfile.mkdtemp(prefix="rlm-")
         os.chmod(self._workdir, 0o700)
@@ -179,21 +231,20 @@ class Sandbox:
             os.chown(self._workdir, self._uid, self._gid)
         cfg = self.config
         self._lines = queue.Queue()
+        # bubblewrap itself runs as the sandbox user (no preexec_fn: Popen's user= is thread-safe)
+        as_user = {"user": self._uid, "group": self._gid, "extra_groups": []} \
+            if self._bwrap is not None and self._uid is not None else {}
         try:
             self._proc = subprocess.Popen(
-                [self._python, "-I", "-S", "-B", WORKER_PATH],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                env={}, cwd=self._workdir, start_new_session=True, close_fds=True,
+                self._command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                env={}, cwd=self._workdir, start_new_session=True, close_fds=True, **as_user,
             )
         except OSError as exc:
             raise SandboxError(f"cannot start the REPL worker: {exc}") from exc
         threading.Thread(target=self._read_stdout, args=(self._proc, self._lines), daemon=True).start()
         threading.Thread(target=self._read_stderr, args=(self._proc,), daemon=True).start()
         try:
-            self._send({"type": "setup", "workdir": self._workdir, "uid": self._uid, "gid": self._gid,
-                        "memory_mb": cfg.memory_mb, "cpu_seconds": cfg.cpu_seconds,
-                        "max_open_files": cfg.max_open_files, "max_file_mb": cfg.max_file_mb,
-                        "netns": cfg.network_namespace, "mountns": cfg.mount_namespace})
+            self._send(self._setup_message())
         except (BrokenPipeError, OSError, ValueError) as exc:
             raise SandboxError(f"the REPL worker died at start-up: {exc}") from exc
         ready = self._wait_for("ready", _START_TIMEOUT)
@@ -202,7 +253,12 @@ class Sandbox:
             "separate_process": True, "interpreter": self._python, "fresh_private_tmpdir": True,
             "watchdog_kills_process_group": True, "cell_timeout_s": cfg.cell_timeout,
             "memory_limit_mb": cfg.memory_mb,
+            "filesystem_isolation": self._bwrap.version if self._bwrap is not None else False,
         })
+        if self._bwrap is not None:
+            self.protections["work_folder_limit_mb"] = cfg.work_mb
+        else:
+            self.protections["errors"]["filesystem_isolation"] = self._isolation_error
         init = protocol.encode({"type": "init", "context": self.context, "limits": self.repl_limits})
         if len(init) > protocol.MAX_MESSAGE_BYTES:
             raise SandboxError(f"context of {len(init):,} bytes is too large for the REPL "
@@ -266,6 +322,8 @@ class Sandbox:
     def _death_reason(self) -> str:
         proc = self._proc
         code = proc.wait(timeout=5.0) if proc is not None else None
+        if code is not None and self._bwrap is not None and code > 128:
+            code = 128 - code  # bubblewrap reports a child killed by signal N as 128 + N
         if code is not None and code < 0:
             sig = -code
             if sig == signal.SIGXCPU:

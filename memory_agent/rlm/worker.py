@@ -15,11 +15,16 @@ Order of start-up (all before any model code runs):
   1. keep private copies of the protocol pipes; point fds 0/1 at /dev/null and
      stderr so model code printing at the C level cannot corrupt the protocol
   2. load ``protocol.py`` and ``strategies.py`` from this folder (by path)
-  3. network namespace (``unshare(CLONE_NEWNET)``), mount namespace with the
-     world-writable folders re-mounted read-only, ``chdir`` to the work folder
+  3. under bubblewrap (``isolation.py``): check the namespaces it made; without
+     it: network namespace (``unshare(CLONE_NEWNET)``) and a mount namespace
+     with the world-writable folders re-mounted read-only; ``chdir`` to the
+     work folder
   4. rlimits (address space, CPU, open files, file size, core=0)
-  5. drop to the unprivileged user, then ``RLIMIT_NPROC=0`` and no_new_privs
-  6. a socket/process audit hook only as a *fallback* where 3/5 failed
+  5. drop to the unprivileged user (unless bubblewrap started us as it), then
+     ``RLIMIT_NPROC=0`` and no_new_privs
+  6. a seccomp deny-list (libseccomp via ctypes): ptrace, mount, namespaces,
+     BPF, io_uring, exec, sockets and other calls a REPL never needs
+  7. a socket/process audit hook only as a *fallback* where 3/5 failed
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from __future__ import annotations
 import ast
 import builtins
 import ctypes
+import errno
 import importlib.util
 import io
 import os
@@ -49,6 +55,21 @@ _MS_BIND = 4096
 _MS_REC = 16384
 _MS_PRIVATE = 1 << 18
 _PR_SET_NO_NEW_PRIVS = 38
+_PR_CAPBSET_READ = 23
+_SCMP_ACT_ALLOW = 0x7FFF0000
+_SCMP_ACT_ERRNO = 0x00050000
+# Kernel interfaces a text-processing REPL never needs and that widen the attack
+# surface (debugging other processes, namespaces and mounts, keyrings, BPF,
+# io_uring, modules) plus exec and sockets: after start-up nothing is executed
+# and the REPL talks to the host only over its inherited pipes.
+_SECCOMP_DENY = (
+    "ptrace", "process_vm_readv", "process_vm_writev", "kcmp", "mount", "umount2", "pivot_root",
+    "chroot", "unshare", "setns", "keyctl", "add_key", "request_key", "bpf", "perf_event_open",
+    "userfaultfd", "io_uring_setup", "io_uring_enter", "io_uring_register", "kexec_load",
+    "kexec_file_load", "init_module", "finit_module", "delete_module", "open_by_handle_at",
+    "name_to_handle_at", "personality", "acct", "swapon", "swapoff", "reboot", "execve",
+    "execveat", "socket", "socketpair",
+)
 _WORLD_WRITABLE = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock", "/dev/mqueue")
 _STDOUT_CAP = 200_000
 
@@ -80,13 +101,8 @@ def _mount(libc, src, target, fstype, flags):
         raise OSError(err, os.strerror(err) + " (mount " + str(target) + ")")
 
 
-def _apply_protections(setup):
-    """Apply what the host asked for; return an honest report of what is in force."""
-    prot = {"errors": {}}
-    libc = _libc()
-    root = os.geteuid() == 0
-    workdir = setup["workdir"]
-
+def _namespaces(setup, libc, root, prot):
+    """Network and mount namespaces made here (the fallback when bubblewrap did not wrap us)."""
     prot["network_namespace"] = False
     if setup.get("netns", True):
         try:
@@ -97,6 +113,7 @@ def _apply_protections(setup):
 
     prot["readonly_shared_tmp"] = False
     if setup.get("mountns", True) and root:
+        workdir = setup["workdir"]
         try:
             _unshare(libc, _CLONE_NEWNS)
             _mount(libc, None, "/", None, _MS_REC | _MS_PRIVATE)
@@ -112,8 +129,21 @@ def _apply_protections(setup):
         except OSError as exc:
             prot["errors"]["readonly_shared_tmp"] = str(exc)
 
-    os.chdir(workdir)
 
+def _outer_isolation(prot):
+    """Under bubblewrap: check (not assume) what it promised."""
+    import socket
+
+    names = sorted(name for _, name in socket.if_nameindex())
+    prot["network_namespace"] = names in ([], ["lo"])
+    if not prot["network_namespace"]:
+        prot["errors"]["network_namespace"] = "interfaces visible: %s" % names
+    # the host's shared tmp folders are not visible at all; ours is a read-only tmpfs
+    prot["readonly_shared_tmp"] = not os.access("/tmp", os.W_OK) and not os.path.exists("/var/tmp")
+    prot["visible_root"] = sorted(os.listdir("/"))
+
+
+def _rlimits(setup, prot):
     rl = {}
     mem = int(setup["memory_mb"]) * 1024 * 1024
     cpu = int(setup["cpu_seconds"])
@@ -132,7 +162,10 @@ def _apply_protections(setup):
             prot["errors"][name] = str(exc)
     # writing past RLIMIT_FSIZE should be an OSError in the REPL, not a dead worker
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    return rl
 
+
+def _drop_privileges(setup, root, rl, prot):
     prot["dropped_privileges"] = False
     uid, gid = setup.get("uid"), setup.get("gid")
     if root and uid is not None:
@@ -143,6 +176,9 @@ def _apply_protections(setup):
             prot["dropped_privileges"] = os.getuid() != 0 and os.geteuid() != 0
         except OSError as exc:
             prot["errors"]["dropped_privileges"] = str(exc)
+    elif setup.get("isolation"):
+        # bubblewrap was started as the sandbox user and dropped every capability
+        prot["dropped_privileges"] = os.geteuid() != 0 or _no_capabilities()
     try:
         # set after the uid change: the limit counts the *user's* processes,
         # and it does not bind root (CAP_SYS_RESOURCE), hence the report below
@@ -150,16 +186,55 @@ def _apply_protections(setup):
         rl["RLIMIT_NPROC"] = 0
     except (ValueError, OSError) as exc:
         prot["errors"]["RLIMIT_NPROC"] = str(exc)
-    prot["rlimits"] = rl
-    prot["process_limit_binds"] = "RLIMIT_NPROC" in rl and os.geteuid() != 0
+    prot["process_limit_binds"] = "RLIMIT_NPROC" in rl and (os.geteuid() != 0 or _no_capabilities())
 
-    prot["no_new_privs"] = False
+
+def _no_capabilities():
     try:
-        libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-        prot["no_new_privs"] = libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0
-    except (AttributeError, OSError) as exc:
-        prot["errors"]["no_new_privs"] = str(exc)
+        with open("/proc/self/status") as fh:
+            caps = [line.split()[1] for line in fh if line.startswith("CapEff:")]
+    except OSError:
+        # no /proc under bubblewrap: ask the kernel for one capability that would matter
+        return _libc().prctl(_PR_CAPBSET_READ, 21, 0, 0, 0) == 0  # CAP_SYS_ADMIN not in the bounding set
+    return bool(caps) and int(caps[0], 16) == 0
 
+
+def _seccomp(prot):
+    """A deny-list seccomp filter through libseccomp (the maintained C library), via ctypes."""
+    prot["seccomp"] = False
+    try:
+        lib = ctypes.CDLL("libseccomp.so.2", use_errno=True)
+    except OSError as exc:
+        prot["errors"]["seccomp"] = "libseccomp is not available: %s" % exc
+        return
+    lib.seccomp_init.argtypes = [ctypes.c_uint32]
+    lib.seccomp_init.restype = ctypes.c_void_p
+    lib.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
+    lib.seccomp_rule_add.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint]
+    lib.seccomp_load.argtypes = [ctypes.c_void_p]
+    lib.seccomp_release.argtypes = [ctypes.c_void_p]
+    ctx = lib.seccomp_init(_SCMP_ACT_ALLOW)
+    if not ctx:
+        prot["errors"]["seccomp"] = "seccomp_init failed"
+        return
+    denied = []
+    try:
+        for name in _SECCOMP_DENY:
+            nr = lib.seccomp_syscall_resolve_name(name.encode())
+            if nr >= 0 and lib.seccomp_rule_add(ctx, _SCMP_ACT_ERRNO | errno.EPERM, nr, 0) == 0:
+                denied.append(name)
+        rc = lib.seccomp_load(ctx)
+    finally:
+        lib.seccomp_release(ctx)
+    if rc != 0:
+        prot["errors"]["seccomp"] = "seccomp_load failed: %s" % os.strerror(-rc)
+        return
+    prot["seccomp"] = True
+    prot["seccomp_denied"] = denied
+
+
+def _audit_fallback(prot):
+    """An in-process audit hook, only for what the OS layers could not stop."""
     blocked = []
     if not prot["network_namespace"]:
         blocked += ["socket.connect", "socket.bind", "socket.sendto", "socket.getaddrinfo"]
@@ -175,7 +250,32 @@ def _apply_protections(setup):
 
         sys.addaudithook(_hook)
     prot["audit_hook_blocks"] = blocked
-    prot["seccomp"] = False
+
+
+def _apply_protections(setup):
+    """Apply what the host asked for; return an honest report of what is in force."""
+    prot = {"errors": {}}
+    libc = _libc()
+    root = os.geteuid() == 0
+    if setup.get("isolation"):
+        _outer_isolation(prot)
+    else:
+        _namespaces(setup, libc, root, prot)
+    os.chdir(setup["workdir"])
+    rl = _rlimits(setup, prot)
+    _drop_privileges(setup, root, rl, prot)
+    prot["rlimits"] = rl
+    prot["no_new_privs"] = False
+    try:
+        libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+        prot["no_new_privs"] = libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0
+    except (AttributeError, OSError) as exc:
+        prot["errors"]["no_new_privs"] = str(exc)
+    if setup.get("seccomp", True):
+        _seccomp(prot)
+    else:
+        prot["seccomp"] = False
+    _audit_fallback(prot)
     prot["uid"] = os.getuid()
     # Python itself may add LC_CTYPE (PEP 538 locale coercion); nothing of the host's is passed
     prot["environment_keys"] = sorted(os.environ)
