@@ -9,6 +9,7 @@ no-op.
 from __future__ import annotations
 
 from memory_store.errors import (
+    AlreadyApplied,
     EmbeddingDimensionMismatch,
     InvalidInput,
     MemoryAgentError,
@@ -24,12 +25,16 @@ __all__ = [
     "MemoryNotFound",
     "EmbeddingDimensionMismatch",
     "SchemaTooNew",
+    "AlreadyApplied",
     "InvalidModelOutput",
     "BackendError",
     "ModelNotFound",
     "ConfigError",
     "SandboxError",
     "BudgetExceeded",
+    "Unauthorized",
+    "JobNotFound",
+    "IdempotencyConflict",
 ]
 
 
@@ -63,3 +68,18 @@ class SandboxError(MemoryAgentError):
 
 class BudgetExceeded(MemoryAgentError):
     """A host-side limit of the recursive retriever was reached (depth, calls, tokens, time)."""
+
+
+class Unauthorized(MemoryAgentError):
+    """The memory service got no API key, or one it does not know (or revoked)."""
+
+
+class JobNotFound(MemoryAgentError, KeyError):
+    """No ingestion job with that id for this tenant (another tenant's ids look the same)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "no such job"
+
+
+class IdempotencyConflict(ConfigError):
+    """An idempotency key was reused for a different request."""

@@ -63,11 +63,12 @@ class TurnFacts:
     speaker: str
     timestamp: str | None  # ISO-8601 session date
     facts: tuple[str, ...]
+    receipt: str | None = None  # recorded with the turn's changes: a resumed ingestion skips it
 
     @classmethod
-    def from_facts(cls, facts: Sequence[Fact], timestamp: str | None) -> "TurnFacts":
+    def from_facts(cls, facts: Sequence[Fact], timestamp: str | None, receipt: str | None = None) -> "TurnFacts":
         first = facts[0]
-        return cls(first.dia_id, first.speaker, timestamp, tuple(f.text for f in facts))
+        return cls(first.dia_id, first.speaker, timestamp, tuple(f.text for f in facts), receipt)
 
 
 @dataclass(frozen=True)
@@ -187,7 +188,7 @@ class MemoryManager:
         if not store_ops:
             return []
         return self.store.apply(store_ops, user_id=user_id, actor=self.actor, source=item.dia_id,
-                                timestamp=item.timestamp)
+                                timestamp=item.timestamp, receipts=[item.receipt] if item.receipt else [])
 
     def ask(self, prompts: Sequence[tuple[TurnFacts, Sequence[Any]]]) -> list[str]:
         """The model's raw decisions for ``(turn, shown memories)`` pairs: one batched, greedy call

@@ -46,6 +46,7 @@ class AddResult:
     decisions: int = 0
     direct_turns: int = 0
     redecided: int = 0
+    already_applied: int = 0  # turns skipped because their receipt was held (a resumed ingestion)
     usage: dict[str, dict[str, float]] = field(default_factory=dict)  # per role, the delta of llm.usage
 
     def counts(self) -> dict[str, int]:
@@ -162,16 +163,25 @@ class Memory:
         return self._llm("answer")
 
     # ------------------------------------------------------------ writing
-    def add(self, turns: Sequence[dict | Turn], user_id: str, timestamp: Any = None) -> AddResult:
-        """Remember dialogue turns (dicts with speaker, text, dia_id, blip_caption)."""
-        return self.add_sessions([(turns, timestamp)], user_id=user_id)
+    def add(self, turns: Sequence[dict | Turn], user_id: str, timestamp: Any = None, *,
+            receipt: str | None = None) -> AddResult:
+        """Remember dialogue turns (dicts with speaker, text, dia_id, blip_caption).
 
-    def add_sessions(self, sessions: Iterable[tuple[Sequence[dict | Turn], Any]], user_id: str) -> AddResult:
+        ``receipt`` makes a retried call exactly-once: turn ``i`` is recorded in
+        the store as ``f"{receipt}:{i}"`` in the same transaction as its changes,
+        and a call with the same receipt skips the turns already recorded
+        (counted in ``AddResult.already_applied``).
+        """
+        return self.add_sessions([(turns, timestamp)], user_id=user_id, receipt=receipt)
+
+    def add_sessions(self, sessions: Iterable[tuple[Sequence[dict | Turn], Any]], user_id: str, *,
+                     receipt: str | None = None) -> AddResult:
         """Remember several sessions ``[(turns, session_timestamp), ...]`` in dialogue order.
 
         Extraction for all of them is one batched model call; the manager then
         works through the turns in order (in batched waves, see manager.py).
         This is the fast path for ingesting a whole LoCoMo conversation.
+        ``receipt``: as in :meth:`add`, turns numbered across all sessions.
         """
         turns: list[Turn] = []
         for session_turns, ts in sessions:
@@ -179,7 +189,13 @@ class Memory:
             for t in session_turns:
                 turn = t if isinstance(t, Turn) else Turn.from_dict(t, iso)
                 turns.append(Turn(turn.speaker, turn.text, turn.dia_id, turn.blip_caption, _iso(turn.timestamp) or iso))
+        keys: list[str | None] = [f"{receipt}:{i}" for i in range(len(turns))] if receipt else [None] * len(turns)
         result = AddResult(turns=len(turns))
+        if receipt and turns:
+            held = self.store.receipts(user_id, keys)
+            result.already_applied = len(held)
+            kept = [i for i, k in enumerate(keys) if k not in held]
+            turns, keys = [turns[i] for i in kept], [keys[i] for i in kept]
         if not turns:
             return result
         before = self._usage_snapshot()
@@ -190,10 +206,10 @@ class Memory:
         for i, exc in extraction.invalid:
             result.skipped.append(Skipped("extract", turns[i].dia_id, exc.args[0], exc.raw))
         items = []
-        for turn, facts in zip(turns, extraction.facts):
+        for turn, facts, key in zip(turns, extraction.facts, keys):
             result.facts.extend(facts)
             if facts:
-                items.append(TurnFacts.from_facts(facts, turn.timestamp))
+                items.append(TurnFacts.from_facts(facts, turn.timestamp, key))
 
         t0 = time.perf_counter()
         manager_llm = self.manager_llm if items and self.store.count(user_id) else _Lazy(self, "manager")
@@ -206,6 +222,12 @@ class Memory:
         result.skipped.extend(outcome.skipped)
         result.manager_calls, result.decisions = outcome.model_calls, outcome.decisions
         result.direct_turns, result.redecided = outcome.direct_turns, outcome.redecided
+        if receipt:
+            # turns that changed nothing (no facts, NOOP, refused output) are done too
+            done = self.store.receipts(user_id, keys)
+            rest = [k for k in keys if k not in done]
+            if rest:
+                self.store.apply([], user_id, receipts=rest)
         result.usage = self._usage_delta(before)
         self.stats.update({k: v for k, v in result.counts().items()})
         self.stats["manager_calls"] += outcome.model_calls

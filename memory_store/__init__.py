@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from memory_store.embedders import CachingEmbedder, Embedder, HashingEmbedder, SentenceTransformerEmbedder
 from memory_store.errors import (
-    EmbeddingDimensionMismatch, InvalidInput, MemoryAgentError, MemoryNotFound, SchemaTooNew, StoreError,
+    AlreadyApplied, EmbeddingDimensionMismatch, InvalidInput, MemoryAgentError, MemoryNotFound, SchemaTooNew,
+    StoreError,
 )
 from memory_store.records import (
     Add, AppliedOp, Delete, HistoryEntry, MemoryRecord, Noop, SearchHit, StoreOp, Update,
@@ -46,6 +47,7 @@ __all__ = [
     "MemoryNotFound",
     "EmbeddingDimensionMismatch",
     "SchemaTooNew",
+    "AlreadyApplied",
     "InvalidFilter",
     "Filter",
     "Eq",

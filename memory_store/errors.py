@@ -14,6 +14,7 @@ __all__ = [
     "MemoryNotFound",
     "EmbeddingDimensionMismatch",
     "SchemaTooNew",
+    "AlreadyApplied",
 ]
 
 
@@ -47,3 +48,15 @@ class EmbeddingDimensionMismatch(InvalidInput):
 
 class SchemaTooNew(StoreError):
     """The store folder was written by a newer version of this library."""
+
+
+class AlreadyApplied(MemoryAgentError):
+    """A write carried a receipt the store already holds for that user: it was applied before.
+
+    Receipts make retried writes exactly-once (a resumed ingestion job, a client
+    retrying after a lost reply); nothing of the refused batch was applied.
+    """
+
+    def __init__(self, keys: list[str], user_id: str):
+        self.keys, self.user_id = keys, user_id
+        super().__init__(f"already applied for user {user_id!r}: {', '.join(keys[:5])}")

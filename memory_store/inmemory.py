@@ -25,20 +25,22 @@ import hashlib
 import json
 import sqlite3
 import threading
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from memory_store.embedders import Embedder
-from memory_store.errors import EmbeddingDimensionMismatch, MemoryNotFound, StoreError
+from memory_store.errors import AlreadyApplied, EmbeddingDimensionMismatch, InvalidInput, MemoryNotFound, StoreError
 from memory_store.filters import matching_ids, parse_filter, sql_errors, to_sql
 from memory_store.index import VectorIndex
 from memory_store.keyword import keyword_ranked, ranked_search, repair_fts
 from memory_store.records import AppliedOp, HistoryEntry, MemoryRecord, SearchHit
 from memory_store.plans import plan_add_many, plan_apply
 from memory_store.validation import (
-    check_id, check_k, check_label, check_metadata, check_mode, check_text, check_timestamp, check_user,
+    check_id, check_k, check_label, check_metadata, check_mode, check_receipts, check_text, check_timestamp,
+    check_user,
     check_vectors,
 )
 
@@ -77,6 +79,7 @@ class InMemoryStore:
         self._records: dict[int, MemoryRecord] = {}
         self._index = VectorIndex(self.dim, "flat")
         self._history: list[HistoryEntry] = []
+        self._receipts: set[tuple[str, str]] = set()  # (user_id, key)
         self._sql = _mirror()
         self._last_id = 0
         self._shared = False  # True while a fork may still read our containers
@@ -108,6 +111,7 @@ class InMemoryStore:
             child = InMemoryStore.__new__(InMemoryStore)
             child.embedder, child.dim = self.embedder, self.dim
             child._records, child._index, child._history = self._records, self._index, self._history
+            child._receipts = self._receipts
             child._sql = self._sql
             child._last_id, child._closed, child._lock = self._last_id, False, threading.RLock()
             child._shared = self._shared = True
@@ -119,6 +123,7 @@ class InMemoryStore:
             self._records = dict(self._records)
             self._index = self._index.copy()
             self._history = list(self._history)
+            self._receipts = set(self._receipts)
             self._sql = _copy(self._sql)
             self._shared = False
 
@@ -166,10 +171,25 @@ class InMemoryStore:
         return before
 
     def apply(self, ops: Sequence[Any], user_id: str, *, actor: str = "agent", source: str | None = None,
-              timestamp: str | None = None) -> list[AppliedOp]:
-        """Apply a batch of Add/Update/Delete/Noop at once: all land or none (as ``MemoryStore.apply``)."""
-        return self._commit(*plan_apply(ops, user_id, actor=actor, source=source, timestamp=timestamp,
-                                        embed=self._embed))
+              timestamp: str | None = None, receipts: Sequence[str] = ()) -> list[AppliedOp]:
+        """Apply a batch of Add/Update/Delete/Noop at once: all land or none (as ``MemoryStore.apply``,
+        receipts included)."""
+        receipts = check_receipts(receipts)
+        planned = plan_apply(ops, user_id, actor=actor, source=source, timestamp=timestamp, embed=self._embed)
+        with self._lock:
+            held = sorted(k for k in receipts if (planned[0], k) in self._receipts)
+            if held:
+                raise AlreadyApplied(held, planned[0])
+            applied = self._commit(*planned)
+            self._own()
+            self._receipts.update((planned[0], k) for k in receipts)
+        return applied
+
+    def receipts(self, user_id: str, keys: Sequence[str]) -> set[str]:
+        """Which of ``keys`` this user already holds (see :meth:`MemoryStore.apply`)."""
+        user_id, keys = check_user(user_id), check_receipts(keys)
+        with self._lock:
+            return {k for k in keys if (user_id, k) in self._receipts}
 
     def _commit(self, user_id: str, plan: list[tuple], actor: str, source: str | None, ts: str) -> list[AppliedOp]:
         """Check every id, build the batch's changes aside, write the mirror, then publish them.
@@ -284,6 +304,15 @@ class InMemoryStore:
         if not rows:
             raise MemoryNotFound(mid, user_id)
         return rows
+
+    def users(self, prefix: str = "") -> dict[str, int]:
+        """User ids holding memories (those starting with ``prefix``), with their memory counts."""
+        if not isinstance(prefix, str):
+            raise InvalidInput(f"prefix must be a string, got {type(prefix).__name__}")
+        with self._lock:
+            self._check_open()
+            counts = Counter(r.user_id for r in self._records.values() if r.user_id.startswith(prefix))
+            return dict(sorted(counts.items()))
 
     def count(self, user_id: str | None = None) -> int:
         with self._lock:

@@ -4,7 +4,8 @@ The Memory Manager and the Answer Agent need four things from a store:
 ranked search (by text in the modes of :data:`memory_store.keyword.SEARCH_MODES`,
 or by a precomputed vector), with filters (:mod:`memory_store.filters`)
 enforced by the store, the user's memories in
-order, and one atomic batch of operations. :class:`MemoryBackend` names
+order, one atomic batch of operations (with receipts that make a retried
+write exactly-once), and which receipts a user already holds. :class:`MemoryBackend` names
 exactly those, plus the embedder the manager batches its queries with.
 :class:`~memory_store.MemoryStore` (SQLite + FAISS, durable) and
 :class:`~memory_store.InMemoryStore` (copy-on-write, for training rewards
@@ -37,4 +38,6 @@ class MemoryBackend(Protocol):
     def list(self, user_id: str) -> list[MemoryRecord]: ...
 
     def apply(self, ops: Sequence[Any], user_id: str, *, actor: str = "agent", source: str | None = None,
-              timestamp: str | None = None) -> list[AppliedOp]: ...
+              timestamp: str | None = None, receipts: Sequence[str] = ()) -> list[AppliedOp]: ...
+
+    def receipts(self, user_id: str, keys: Sequence[str]) -> set[str]: ...

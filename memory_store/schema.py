@@ -86,8 +86,14 @@ def _v2(db: sqlite_utils.Database) -> None:
     keyword.repair_fts(db.conn)
 
 
+def _v3(db: sqlite_utils.Database) -> None:
+    # Receipts of applied writes (exactly-once ingestion): written in the same transaction.
+    db.execute("CREATE TABLE IF NOT EXISTS receipts (user_id TEXT NOT NULL, key TEXT NOT NULL, at TEXT NOT NULL,"
+               " PRIMARY KEY (user_id, key)) WITHOUT ROWID")
+
+
 # Append-only: migration i (1-based) brings user_version from i-1 to i.
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2]
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 from memory_store import schema
 from memory_store.embedders import Embedder
-from memory_store.errors import EmbeddingDimensionMismatch, InvalidInput, MemoryNotFound, StoreError
+from memory_store.errors import AlreadyApplied, EmbeddingDimensionMismatch, InvalidInput, MemoryNotFound, StoreError
 from memory_store.filters import matching_ids, parse_filter, sql_errors, to_sql
 from memory_store.index import HNSW_EF_SEARCH, INDEX_KINDS, IndexLoadError, VectorIndex
 from memory_store.records import (
@@ -41,7 +41,7 @@ from memory_store.keyword import fts_problem, keyword_ranked, ranked_search, rep
 from memory_store.plans import plan_add_many, plan_apply
 from memory_store.private import private_file, private_folder
 from memory_store.validation import (
-    check_id, check_k, check_label, check_mode, check_text, check_timestamp, check_user, check_vectors,
+    check_id, check_k, check_label, check_mode, check_receipts, check_text, check_timestamp, check_user, check_vectors,
 )
 
 __all__ = ["MemoryStore", "INDEX_FILE"]
@@ -238,13 +238,14 @@ class MemoryStore:
     # ---- the one write path -----------------------------------------------------------
 
     def _commit(self, user_id: str, plan: list[tuple], actor: str, source: str | None,
-                ts: str) -> tuple[list[AppliedOp], dict[int, tuple]]:
+                ts: str, receipts: Sequence[str] = ()) -> tuple[list[AppliedOp], dict[int, tuple]]:
         """Apply a validated plan in one transaction, then mirror it in the index.
 
         ``plan`` items: ("ADD", text, meta_json, vec, created_at) | ("UPDATE", id, text, vec)
         | ("DELETE", id) | ("NOOP",). Ids are checked against ``user_id`` under the
-        write lock, so a raise here rolls back everything. Returns the applied ops
-        and the rows of updated/deleted ids as they were before the batch.
+        write lock, so a raise here rolls back everything. ``receipts`` are recorded
+        in the same transaction; one already held raises ``AlreadyApplied``. Returns
+        the applied ops and the rows of updated/deleted ids as they were before the batch.
         """
         with self._lock:
             if self._closed:
@@ -255,6 +256,7 @@ class MemoryStore:
             applied: list[AppliedOp] = []
             with schema.write_txn(self._db):
                 self._catch_up()
+                self._record_receipts(user_id, receipts, ts)
                 wanted = sorted({p[1] for p in plan if p[0] in ("UPDATE", "DELETE")})
                 before: dict[int, tuple] = {}
                 for part in _chunks(wanted):
@@ -318,6 +320,23 @@ class MemoryStore:
                 raise
             return applied, before
 
+    def _record_receipts(self, user_id: str, receipts: Sequence[str], ts: str) -> None:
+        if not receipts:
+            return
+        held = self._held_receipts(user_id, receipts)
+        if held:
+            raise AlreadyApplied(sorted(held), user_id)
+        self._db.conn.executemany("INSERT INTO receipts (user_id, key, at) VALUES (?, ?, ?)",
+                                  [(user_id, k, ts) for k in receipts])
+
+    def _held_receipts(self, user_id: str, keys: Sequence[str]) -> set[str]:
+        held: set[str] = set()
+        for part in _chunks(list(keys)):
+            marks = ",".join("?" * len(part))
+            held.update(r[0] for r in self._db.conn.execute(
+                f"SELECT key FROM receipts WHERE user_id = ? AND key IN ({marks})", [user_id, *part]))
+        return held
+
     # ---- writes --------------------------------------------------------------------
 
     def add(self, text: str, user_id: str, metadata: dict[str, Any] | None = None, *,
@@ -357,15 +376,26 @@ class MemoryStore:
         return _record(before[mid])  # read inside the deleting transaction: exactly what was deleted
 
     def apply(self, ops: Sequence[Any], user_id: str, *, actor: str = "agent", source: str | None = None,
-              timestamp: str | None = None) -> list[AppliedOp]:
+              timestamp: str | None = None, receipts: Sequence[str] = ()) -> list[AppliedOp]:
         """Apply a batch of Add/Update/Delete/Noop in ONE transaction: all land or none.
 
         Everything is validated before any change: op shapes and texts here, ids
         (must exist for ``user_id``) under the write lock. An UPDATE or DELETE of an
         id the same batch already deleted raises ``MemoryNotFound`` (nothing applied).
+        ``receipts`` (keys naming what this write is, e.g. ``"job-7:3"`` for a job's
+        fourth turn) are recorded with it, atomically; a key the user already holds
+        raises ``AlreadyApplied`` and nothing is applied. An empty ``ops`` with
+        receipts records only the receipts (a turn that changed nothing).
         """
+        receipts = check_receipts(receipts)
         return self._commit(*plan_apply(ops, user_id, actor=actor, source=source, timestamp=timestamp,
-                                        embed=self._embed))[0]
+                                        embed=self._embed), receipts=receipts)[0]
+
+    def receipts(self, user_id: str, keys: Sequence[str]) -> set[str]:
+        """Which of ``keys`` this user's store already holds (see :meth:`apply`)."""
+        user_id, keys = check_user(user_id), check_receipts(keys)
+        with self._reading():
+            return self._held_receipts(user_id, keys)
 
     # ---- reads ---------------------------------------------------------------------
 
@@ -472,6 +502,16 @@ class MemoryStore:
         with self._lock:
             self.ef_search = ef
             self._index.set_ef_search(ef)
+
+    def users(self, prefix: str = "") -> dict[str, int]:
+        """User ids holding memories (those starting with ``prefix``), with their memory counts."""
+        if not isinstance(prefix, str):
+            raise InvalidInput(f"prefix must be a string, got {type(prefix).__name__}")
+        with self._reading():
+            rows = self._db.conn.execute(
+                "SELECT user_id, count(*) FROM memories WHERE substr(user_id, 1, length(?)) = ?"
+                " GROUP BY user_id ORDER BY user_id", [prefix, prefix])
+            return {r[0]: int(r[1]) for r in rows}
 
     def stats(self) -> dict[str, Any]:
         with self._lock:

@@ -23,6 +23,7 @@ from memory_store.records import STORE_OP_ADAPTER, Add, Delete, Noop, Update
 __all__ = [
     "check_user",
     "check_text",
+    "check_receipts",
     "check_id",
     "check_k",
     "check_metadata",
@@ -129,6 +130,23 @@ def check_label(value: Any, what: str, *, optional: bool) -> str | None:
     if not isinstance(value, str) or (not optional and not value):
         raise InvalidInput(f"{what} must be a {'string or None' if optional else 'non-empty string'}, got {value!r}")
     return value
+
+
+MAX_RECEIPT_CHARS = 200
+
+
+def check_receipts(keys: Any) -> list[str]:
+    """Receipt keys of one write: distinct non-empty strings of at most 200 characters."""
+    if isinstance(keys, (str, bytes)) or not isinstance(keys, (list, tuple)):
+        raise InvalidInput(f"receipts must be a list of strings, got {type(keys).__name__}")
+    out = [check_label(k, "receipt", optional=False) for k in keys]
+    for k in out:
+        check_text(k, "receipt")
+        if len(k) > MAX_RECEIPT_CHARS:
+            raise InvalidInput(f"a receipt is at most {MAX_RECEIPT_CHARS} characters, got {len(k)}")
+    if len(set(out)) != len(out):
+        raise InvalidInput("receipts of one write must be distinct")
+    return out
 
 
 def check_vectors(vecs: Any, n: int, dim: int) -> np.ndarray:

@@ -182,6 +182,7 @@ def test_v1_store_gains_a_keyword_index(tmp_path, embedder):
     for t in ("memories_fts_ai", "memories_fts_ad", "memories_fts_au"):
         conn.execute(f"DROP TRIGGER {t}")
     conn.execute(f"DROP TABLE {FTS_TABLE}")
+    conn.execute("DROP TABLE receipts")  # schema 3
     conn.execute("PRAGMA user_version = 1")
     conn.commit()
     conn.close()

@@ -32,6 +32,9 @@ COMMANDS: dict[str, str] = {
     "eval": "memory_agent.cli.eval_cmds:eval_group",
     "train": "memory_agent.cli.train_cmds:train",
     "rlm": "memory_agent.cli.rlm_cmds:rlm",
+    "serve": "memory_agent.cli.serve_cmds:serve",
+    "keys": "memory_agent.cli.serve_cmds:keys",
+    "mcp": "memory_agent.cli.serve_cmds:mcp",
 }
 
 

@@ -2,7 +2,8 @@
 
 Specs: ``default`` (embedded SmolLM2), a model folder or LoRA adapter folder,
 a ``.gguf`` file, ``openai:MODEL@http://host:port/v1``, ``scripted:FILE.json``
-(canned replies, for reproducible demos and CLI tests), or any object that
+(canned replies, for reproducible demos and CLI tests), ``echo`` (a
+deterministic rule-following model for service tests and benchmarks), or any object that
 already has ``generate`` (returned unchanged). Loaded models are cached by
 spec, because the extraction, manager and answer roles usually share one
 model and loading it three times would triple memory and start-up time.
@@ -68,9 +69,16 @@ def _scripted(spec: str) -> LLM:
     return ScriptedLLM(replies, default=default)
 
 
+def _echo(_: str) -> LLM:
+    from memory_agent.llms.echo import EchoLLM
+
+    return EchoLLM()
+
+
 # Backend name -> factory taking the spec string. Plain dict so callers can list them.
 BACKENDS: dict[str, Callable[[str], LLM]] = {
     "default": _default,
+    "echo": _echo,
     "transformers": _local,
     "openai": _openai,
     "scripted": _scripted,
@@ -81,8 +89,8 @@ _lock = threading.Lock()
 
 
 def _backend_for(spec: str) -> tuple[str, str]:
-    if spec == "default":
-        return "default", spec
+    if spec in ("default", "echo"):
+        return spec, spec
     if spec.startswith("openai:"):
         return "openai", spec
     if spec.startswith("scripted:"):

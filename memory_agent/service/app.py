@@ -1,0 +1,194 @@
+"""The REST API: FastAPI routes under ``/v1`` over :class:`~memory_agent.service.core.Service`.
+
+Every ``/v1`` route needs ``Authorization: Bearer <key>``; the key decides the
+tenant. Errors have one shape, ``{"detail": ...}``: 401 for a missing or
+unknown key, 404 for an id that is not the tenant's (or does not exist: the
+two are indistinguishable), 409 for a reused idempotency key, 413 for a body
+over the limit, 422 for a bad body (FastAPI names the field) or a value the
+library refuses. Routes are plain ``def`` functions, so FastAPI runs them in its
+thread pool and a model call never blocks the event loop. Each request is
+logged as one JSON line without memory text.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Header, Query, Request, Response
+from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from memory_agent.errors import (
+    AlreadyApplied, ConfigError, IdempotencyConflict, InvalidInput, JobNotFound, MemoryAgentError, MemoryNotFound,
+    Unauthorized,
+)
+from memory_agent.service.core import Service
+from memory_agent.service.models import (
+    MAX_BODY_BYTES, AnswerIn, AnswerOut, HistoryOut, HitOut, JobAccepted, JobOut, MemoryOut, SearchIn, StatsOut,
+    TurnsIn, UpdateIn, UserOut,
+)
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("memory_agent.service")
+_bearer = HTTPBearer(auto_error=False)
+
+_STATUS: list[tuple[type[Exception], int]] = [
+    (Unauthorized, 401), (MemoryNotFound, 404), (JobNotFound, 404), (IdempotencyConflict, 409),
+    (AlreadyApplied, 409), (InvalidInput, 422), (ConfigError, 422),
+]
+
+
+def _status(exc: MemoryAgentError) -> int:
+    for cls, code in _STATUS:
+        if isinstance(exc, cls):
+            return code
+    return 503  # a backend or the store failed: the request may be retried
+
+
+class _Edge:
+    """Pure ASGI middleware: a body over ``limit`` bytes is a 413 before any route reads it,
+    and every request is logged as one JSON line (method, route, status, ms; never a body)."""
+
+    def __init__(self, app: Any, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started, status = time.perf_counter(), [0]
+
+        async def sending(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            declared = dict(scope.get("headers") or []).get(b"content-length")
+            if declared is not None and declared.isdigit() and int(declared) > self.limit:
+                raise _TooLarge()
+            seen = 0
+
+            async def limited() -> dict:
+                nonlocal seen
+                message = await receive()
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise _TooLarge()
+                return message
+
+            await self.app(scope, limited, sending)
+        except _TooLarge:
+            await JSONResponse({"detail": f"request body over {self.limit:,} bytes"}, 413)(scope, receive, sending)
+        route = scope.get("route")
+        log.info(json.dumps({"method": scope.get("method"), "route": getattr(route, "path", scope.get("path")),
+                             "status": status[0], "ms": round((time.perf_counter() - started) * 1000, 2)}))
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _tenant(request: Request, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> str:
+    return request.app.state.service.tenant(creds.credentials if creds else None)
+
+
+Tenant = Annotated[str, Depends(_tenant)]
+
+
+def create_app(service: Service, *, mcp_app: Any = None, page: bool = False) -> FastAPI:
+    """The ASGI app; ``mcp_app`` (from ``mcp_server.http_app``) is mounted at ``/mcp``."""
+    app = FastAPI(title="memory-agent", version="1", description="Long-lived memory for LLM assistants.")
+
+    app.state.service = service
+
+    @app.exception_handler(MemoryAgentError)
+    def _typed(request: Request, exc: MemoryAgentError) -> JSONResponse:
+        code = _status(exc)
+        headers = {"WWW-Authenticate": "Bearer"} if code == 401 else None
+        return JSONResponse({"detail": str(exc), "error": type(exc).__name__}, code, headers=headers)
+
+    @app.get("/healthz")
+    def healthz() -> dict:
+        return {"ok": True}
+
+    @app.get("/readyz")
+    def readyz() -> JSONResponse:
+        state = service.ready()
+        return JSONResponse({"ready": all(v for k, v in state.items() if k != "open_jobs"), **state},
+                            200 if state["worker"] else 503)
+
+    @app.post("/v1/users/{user}/turns", status_code=202, response_model=JobAccepted | JobOut)
+    def add_turns(user: str, body: TurnsIn, t: Tenant, response: Response, wait: bool = False,
+                  idempotency_key: Annotated[str | None, Header(max_length=200)] = None) -> Any:
+        """Queue turns for ingestion (202 + job id); ``wait=true`` answers with the finished job."""
+        if idempotency_key is not None:
+            if body.idempotency_key not in (None, idempotency_key):
+                raise InvalidInput("the Idempotency-Key header and the body's idempotency_key differ")
+            body = body.model_copy(update={"idempotency_key": idempotency_key})
+        job, created = service.add_turns(t, user, body, wait=wait)
+        if wait:
+            response.status_code = 200 if job.status in ("done", "failed") else 202
+            return job
+        return JobAccepted(job_id=job.job_id, status=job.status, duplicate=not created)
+
+    @app.get("/v1/jobs/{job_id}", response_model=JobOut)
+    def get_job(job_id: str, t: Tenant) -> JobOut:
+        return service.job(t, job_id)
+
+    @app.get("/v1/users/{user}/jobs", response_model=list[JobOut])
+    def user_jobs(user: str, t: Tenant, limit: Annotated[int, Query(ge=1, le=500)] = 50) -> list[JobOut]:
+        return service.job_list(t, user, limit)
+
+    @app.post("/v1/users/{user}/search", response_model=list[HitOut])
+    def search(user: str, body: SearchIn, t: Tenant) -> list[HitOut]:
+        return service.search(t, user, body)
+
+    @app.post("/v1/users/{user}/answer", response_model=AnswerOut)
+    def answer(user: str, body: AnswerIn, t: Tenant) -> AnswerOut:
+        return service.answer(t, user, body)
+
+    @app.get("/v1/users/{user}/memories", response_model=list[MemoryOut])
+    def memories(user: str, t: Tenant) -> list[MemoryOut]:
+        return service.memories(t, user)
+
+    @app.get("/v1/users/{user}/memories/{memory_id}", response_model=MemoryOut)
+    def get_memory(user: str, memory_id: int, t: Tenant) -> MemoryOut:
+        return service.get(t, user, memory_id)
+
+    @app.patch("/v1/users/{user}/memories/{memory_id}", response_model=MemoryOut)
+    def update_memory(user: str, memory_id: int, body: UpdateIn, t: Tenant) -> MemoryOut:
+        return service.update(t, user, memory_id, body.text)
+
+    @app.delete("/v1/users/{user}/memories/{memory_id}", response_model=MemoryOut)
+    def delete_memory(user: str, memory_id: int, t: Tenant) -> MemoryOut:
+        return service.delete(t, user, memory_id)
+
+    @app.get("/v1/users/{user}/memories/{memory_id}/history", response_model=list[HistoryOut])
+    def history(user: str, memory_id: int, t: Tenant) -> list[HistoryOut]:
+        return service.history(t, user, memory_id)
+
+    @app.get("/v1/users", response_model=list[UserOut])
+    def users(t: Tenant) -> list[UserOut]:
+        return service.users(t)
+
+    @app.get("/v1/stats", response_model=StatsOut)
+    def stats(t: Tenant) -> StatsOut:
+        return service.stats(t)
+
+    @app.get("/v1/users/{user}/export", response_class=PlainTextResponse)
+    def export(user: str, t: Tenant) -> PlainTextResponse:
+        return PlainTextResponse(service.export(t, user), media_type="application/x-ndjson")
+
+    if page:
+        from memory_agent.service.page import mount_page
+
+        mount_page(app)
+    if mcp_app is not None:
+        app.mount("/mcp", mcp_app)
+    app.add_middleware(_Edge, limit=MAX_BODY_BYTES)
+    return app
