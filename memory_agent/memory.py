@@ -127,9 +127,10 @@ class Memory:
 
     @classmethod
     def open(cls, path: str | Path, llm: str | LLM = "default", embedder: Any = "default", *, index: str = "flat", **kwargs: Any) -> "Memory":
-        from memory_store import MemoryStore
+        """A Memory over the store at ``path``: a folder (SQLite + FAISS) or a ``postgresql://`` URL."""
+        from memory_store import open_store
 
-        return cls(MemoryStore(Path(path), embedder=resolve_embedder(embedder), index=index), llm, **kwargs)
+        return cls(open_store(path, embedder=resolve_embedder(embedder), index=index), llm, **kwargs)
 
     def close(self) -> None:
         self.store.close()

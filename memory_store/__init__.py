@@ -2,7 +2,9 @@
 
 ``MemoryStore`` is the durable store; ``InMemoryStore`` implements the same
 contract (:class:`MemoryBackend`) in memory with copy-on-write forks, for
-training rewards and scratch work.
+training rewards and scratch work; ``PostgresStore`` (the ``postgres``
+extra, imported on first use) puts the same store in PostgreSQL + pgvector for
+many processes and hosts. :func:`open_store` picks one from a folder or URL.
 
 Imports no other package of this project and never imports torch (the
 sentence-transformers embedder loads it lazily when constructed).
@@ -23,9 +25,12 @@ from memory_store.inmemory import InMemoryStore
 from memory_store.keyword import SEARCH_MODES, rrf
 from memory_store.protocol import MemoryBackend
 from memory_store.store import MemoryStore
+from memory_store.opening import is_postgres_url, open_store
 
 __all__ = [
     "MemoryStore",
+    "open_store",
+    "is_postgres_url",
     "InMemoryStore",
     "MemoryBackend",
     "Embedder",
@@ -60,3 +65,13 @@ __all__ = [
     "SEARCH_MODES",
     "rrf",
 ]
+
+
+def __getattr__(name: str):
+    # PostgresStore imports psycopg: only when someone asks for it (so it is not in __all__ either:
+    # ``from memory_store import *`` must work without the postgres extra).
+    if name == "PostgresStore":
+        from memory_store.postgres import PostgresStore
+
+        return PostgresStore
+    raise AttributeError(f"module 'memory_store' has no attribute {name!r}")

@@ -30,14 +30,17 @@ strings with strings.
 :func:`to_sql` compiles a filter to one parameterised SQL condition over the
 ``memories`` table aliased ``m``; both stores evaluate exactly that SQL (the
 in-memory store keeps a private SQLite mirror), so a filter means the same
-thing everywhere.
+thing everywhere. :func:`to_pg_sql` compiles the same (already parsed and
+checked) models for PostgreSQL (:mod:`memory_store.postgres`), with the same
+meaning: JSON types kept apart, missing keys never equal, strings compared
+by code point, times as instants (naive = UTC).
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Annotated, Any, Literal, Union
@@ -59,6 +62,7 @@ __all__ = [
     "TIME_FIELDS",
     "parse_filter",
     "to_sql",
+    "to_pg_sql",
     "sql_errors",
     "matching_ids",
 ]
@@ -314,17 +318,24 @@ def _meta(key: str, cond: str, params: list[Any]) -> tuple[str, list[Any]]:
     return f"EXISTS (SELECT 1 FROM json_each(m.metadata) j WHERE j.key = ? AND ({cond}))", [key, *params]
 
 
-def to_sql(f: Filter | None) -> tuple[str, list[Any]]:
-    """One SQL condition (over ``memories m``) and its parameters; ``("1", [])`` for no filter."""
-    if f is None:
-        return "1", []
+def _compile(f: Filter, leaf: Callable[[Filter], tuple[str, list[Any]]]) -> tuple[str, list[Any]]:
+    """And/Or/Not as SQL (the same in both dialects); ``leaf`` compiles field conditions."""
     if isinstance(f, (And, Or)):
-        subs = [to_sql(s) for s in (f.all if isinstance(f, And) else f.any)]
+        subs = [_compile(s, leaf) for s in (f.all if isinstance(f, And) else f.any)]
         glue = " AND " if isinstance(f, And) else " OR "
         return "(" + glue.join(s for s, _ in subs) + ")", [p for _, ps in subs for p in ps]
     if isinstance(f, Not):
-        sql, params = to_sql(f.filter)
+        sql, params = _compile(f.filter, leaf)
         return f"(NOT {sql})", params
+    return leaf(f)
+
+
+def to_sql(f: Filter | None) -> tuple[str, list[Any]]:
+    """One SQL condition (over ``memories m``) and its parameters; ``("1", [])`` for no filter."""
+    return ("1", []) if f is None else _compile(f, _sqlite_leaf)
+
+
+def _sqlite_leaf(f: Filter) -> tuple[str, list[Any]]:
     if f.field in TIME_FIELDS:
         col = f"julianday(m.{f.field})"  # field is one of TIME_FIELDS: never user text in SQL
         # coalesce: a stored time SQLite cannot read never matches (rather than NULL leaking through NOT).
@@ -382,3 +393,43 @@ def matching_ids(conn: sqlite3.Connection, user_id: str, where: str, params: lis
     """Ids of the user's memories passing a compiled filter, ascending (the vector search's subset)."""
     return [r[0] for r in conn.execute(f"SELECT id FROM memories m WHERE m.user_id = ? AND {where} ORDER BY id",
                                        [user_id, *params])]
+
+
+# ---- PostgreSQL -----------------------------------------------------------------------
+# The same models over ``memories m`` with ``m.meta_json`` (the metadata as jsonb) and the
+# times as ISO text; placeholders are psycopg's ``%s``. Every leaf is never NULL
+# (coalesce/CASE), so NOT keeps the SQLite meaning (a missing key is "not equal").
+
+
+def to_pg_sql(f: Filter | None) -> tuple[str, list[Any]]:
+    """One PostgreSQL condition (over ``memories m``) and its parameters; ``("TRUE", [])`` for no filter."""
+    return ("TRUE", []) if f is None else _compile(f, _pg_leaf)
+
+
+def _pg_leaf(f: Filter) -> tuple[str, list[Any]]:
+    if f.field in TIME_FIELDS:
+        col = f"(m.{f.field})::timestamptz"  # field is one of TIME_FIELDS: never user text in SQL
+        if isinstance(f, Range):
+            conds = [(f"{col} {_CMP[name]} %s::timestamptz", _time(f.field, b)) for name, b in f.bounds()]
+            return "(" + " AND ".join(c for c, _ in conds) + ")", [v for _, v in conds]
+        values = [_time(f.field, v) for v in (f.values if isinstance(f, In) else [f.value])]
+        return f"({col} = ANY(%s::text[]::timestamptz[]))", [values]
+    if isinstance(f, Range):
+        parts, params = [], []
+        for name, b in f.bounds():
+            if isinstance(b, str):  # strings with strings, by code point (SQLite's BINARY collation)
+                parts.append(f"coalesce(jsonb_typeof(m.meta_json -> %s) = 'string'"
+                             f" AND (m.meta_json ->> %s) COLLATE \"C\" {_CMP[name]} %s, FALSE)")
+            else:  # numbers with numbers; CASE: the cast never sees a string
+                parts.append(f"(CASE WHEN jsonb_typeof(m.meta_json -> %s) = 'number'"
+                             f" THEN (m.meta_json ->> %s)::numeric {_CMP[name]} %s::numeric ELSE FALSE END)")
+            params += [f.field, f.field, b]
+        return "(" + " AND ".join(parts) + ")", params
+    if isinstance(f, Eq):
+        return "coalesce((m.meta_json -> %s) = %s::jsonb, FALSE)", [f.field, _canonical_json(f.value)]
+    return ("coalesce((m.meta_json -> %s) IN (SELECT jsonb_array_elements(%s::jsonb)), FALSE)",
+            [f.field, _canonical_json(f.values)])
+
+
+def _canonical_json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True)

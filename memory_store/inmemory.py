@@ -21,7 +21,6 @@ forbids further use.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sqlite3
 import threading
@@ -37,7 +36,8 @@ from memory_store.filters import matching_ids, parse_filter, sql_errors, to_sql
 from memory_store.index import VectorIndex
 from memory_store.keyword import keyword_ranked, ranked_search, repair_fts
 from memory_store.records import AppliedOp, HistoryEntry, MemoryRecord, SearchHit
-from memory_store.plans import plan_add_many, plan_apply
+from memory_store.plans import plan_apply
+from memory_store.writes import WriteMethods, sha as _sha
 from memory_store.validation import (
     check_id, check_k, check_label, check_metadata, check_mode, check_receipts, check_text, check_timestamp,
     check_user,
@@ -45,10 +45,6 @@ from memory_store.validation import (
 )
 
 __all__ = ["InMemoryStore"]
-
-
-def _sha(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def _mirror() -> sqlite3.Connection:
@@ -66,7 +62,7 @@ def _copy(conn: sqlite3.Connection) -> sqlite3.Connection:
     return dst
 
 
-class InMemoryStore:
+class InMemoryStore(WriteMethods):
     """A non-durable store with the :class:`~memory_store.MemoryBackend` contract and ``fork()``."""
 
     def __init__(self, embedder: Embedder | None = None, *, dim: int | None = None) -> None:
@@ -134,23 +130,6 @@ class InMemoryStore:
             raise StoreError("this store was opened without an embedder: pass embeddings/vectors instead")
         return check_vectors(self.embedder.embed(texts), len(texts), self.dim)
 
-    def add(self, text: str, user_id: str, metadata: dict[str, Any] | None = None, *,
-            timestamp: str | None = None, actor: str = "user", source: str | None = None) -> int:
-        """Add one memory; returns its id."""
-        return self.add_many([text], user_id, metadatas=[metadata], timestamps=[timestamp],
-                             actor=actor, source=source)[0]
-
-    def add_many(self, texts: Sequence[str], user_id: str, *, embeddings: Any = None,
-                 metadatas: Sequence[dict[str, Any] | None] | None = None,
-                 timestamps: Sequence[str | None] | None = None, actor: str = "user",
-                 source: str | None = None) -> list[int]:
-        """Add many memories at once (all or none); ids in input order."""
-        planned = plan_add_many(texts, user_id, embeddings=embeddings, metadatas=metadatas, timestamps=timestamps,
-                                actor=actor, source=source, embed=self._embed, dim=self.dim)
-        if planned is None:
-            return []
-        return [a.id for a in self._commit(*planned)]
-
     def update(self, memory_id: int, text: str, user_id: str, *, timestamp: str | None = None,
                actor: str = "user", source: str | None = None) -> MemoryRecord:
         """Replace a memory's text (re-embedded); returns the updated record."""
@@ -180,7 +159,7 @@ class InMemoryStore:
             held = sorted(k for k in receipts if (planned[0], k) in self._receipts)
             if held:
                 raise AlreadyApplied(held, planned[0])
-            applied = self._commit(*planned)
+            applied = self._commit(*planned)[0]
             self._own()
             self._receipts.update((planned[0], k) for k in receipts)
         return applied
@@ -191,7 +170,8 @@ class InMemoryStore:
         with self._lock:
             return {k for k in keys if (user_id, k) in self._receipts}
 
-    def _commit(self, user_id: str, plan: list[tuple], actor: str, source: str | None, ts: str) -> list[AppliedOp]:
+    def _commit(self, user_id: str, plan: list[tuple], actor: str, source: str | None,
+                ts: str) -> tuple[list[AppliedOp], dict[int, tuple]]:
         """Check every id, build the batch's changes aside, write the mirror, then publish them.
 
         Nothing of ``self`` changes before the mirror write succeeded, so a failure
@@ -250,7 +230,7 @@ class InMemoryStore:
             removed = {mid for mid, rec in changed.items() if rec is None}
             if removed:
                 self._index.remove(removed)
-            return applied
+            return applied, {}  # (the durable stores return the rows before; nothing here needs them)
 
     def _mirror_rows(self, changed: dict[int, MemoryRecord | None]) -> None:
         """Bring the SQLite mirror (and through its triggers the FTS table) in step with ``changed``."""

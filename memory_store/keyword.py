@@ -45,6 +45,7 @@ __all__ = [
     "FTS_TRIGGERS",
     "user_key",
     "fts_query",
+    "query_terms",
     "fts_problem",
     "repair_fts",
     "ranked_search",
@@ -105,14 +106,23 @@ def fts_query(text: str) -> str | None:
     Every term is a quoted string, so nothing in ``text`` is read as FTS5
     syntax (operators, column filters, prefix stars, quotes).
     """
+    terms = query_terms(text)
+    if not terms:
+        return None
+    return " OR ".join('"' + t.replace('"', '""') + '"' for t in terms)
+
+
+def query_terms(text: str) -> list[str]:
+    """The distinct content words of a query (casefolded, function words dropped, at most 64).
+
+    Both keyword indexes search for these (SQLite's FTS5 here, PostgreSQL's
+    tsvector in :mod:`memory_store.postgres`), each as plain text.
+    """
     words = [w.casefold() for w in _WORD.findall(text)]
     terms = list(dict.fromkeys(w for w in words if w not in _STOP))
     if not terms:
         terms = list(dict.fromkeys(words))  # a question made only of function words still searches
-    terms = terms[:_MAX_TERMS]
-    if not terms:
-        return None
-    return " OR ".join('"' + t.replace('"', '""') + '"' for t in terms)
+    return terms[:_MAX_TERMS]
 
 
 def fts_problem(conn: sqlite3.Connection) -> str | None:

@@ -29,7 +29,7 @@ from memory_store.validation import check_metadata, check_text, check_timestamp,
 if TYPE_CHECKING:
     from memory_store.store import MemoryStore
 
-__all__ = ["export_jsonl", "import_jsonl"]
+__all__ = ["export_jsonl", "import_jsonl", "prepare_import"]
 
 _EVENTS = ("ADD", "UPDATE", "DELETE")
 # What export_jsonl writes; anything else in a line is refused (a forged or foreign file).
@@ -169,13 +169,19 @@ def _history_rows(item: dict[str, Any], events: list[dict[str, Any]], default_at
              str(h.get("actor") or "import"), h.get("source"), str(h.get("at") or default_at)) for h in events]
 
 
-def import_jsonl(store: "MemoryStore", path: str | Path) -> int:
-    """Load an export into ``store`` in one transaction; returns the count of (live) memories."""
+def prepare_import(store: Any, path: str | Path) -> tuple[list[tuple], np.ndarray, list[tuple], list[int]] | None:
+    """An export parsed and checked for ``store`` (any backend), nothing written; None if it is empty.
+
+    Returns the memory rows ``(id, user_id, text, created_at, updated_at, metadata_json, hash)``,
+    their vectors (one row each, re-embedded unless every line carries one), the history
+    rows ``(memory_id, user_id, event, old_text, new_text, actor, source, at)`` and every id
+    the export names (deleted memories included).
+    """
     from memory_store.store import _sha
 
     items, deleted = _parse(path)
     if not items and not deleted:
-        return 0
+        return None
     if items and all("embedding" in i for i in items):
         vecs = check_vectors([i["embedding"] for i in items], len(items), store.dim)
     elif items:
@@ -183,16 +189,26 @@ def import_jsonl(store: "MemoryStore", path: str | Path) -> int:
     else:
         vecs = np.zeros((0, store.dim), dtype=np.float32)
     rows, history = [], []
-    for item, vec in zip(items, vecs):
+    for item in items:
         text = item["text"]
         rows.append((item["id"], item["user_id"], text, item["created_at"], item["updated_at"],
-                     item["metadata_json"], _sha(text), vec.tobytes()))
+                     item["metadata_json"], _sha(text)))
         events = item.get("history")
         if not events:  # no history exported: record the import itself
             events = [{"event": "ADD", "new_text": text, "actor": "import", "at": item["created_at"]}]
         history += _history_rows(item, events, item["created_at"])
     for item in deleted:  # their events were checked to carry "at"
         history += _history_rows(item, item.get("history") or [], None)
+    return rows, vecs, history, [r[0] for r in rows] + [d["id"] for d in deleted]
+
+
+def import_jsonl(store: "MemoryStore", path: str | Path) -> int:
+    """Load an export into ``store`` in one transaction; returns the count of (live) memories."""
+    prepared = prepare_import(store, path)
+    if prepared is None:
+        return 0
+    mem_rows, vecs, history, all_ids = prepared
+    rows = [(*r, vec.tobytes()) for r, vec in zip(mem_rows, vecs)]
     with store._lock:
         if store._closed:
             raise StoreError("store is closed")
@@ -200,7 +216,6 @@ def import_jsonl(store: "MemoryStore", path: str | Path) -> int:
         with schema.write_txn(store._db):
             store._catch_up()
             ids = [r[0] for r in rows]
-            all_ids = ids + [d["id"] for d in deleted]
             for start in range(0, len(all_ids), 900):
                 part = all_ids[start : start + 900]
                 marks = ",".join("?" * len(part))

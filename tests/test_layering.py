@@ -66,3 +66,12 @@ def test_import_memory_agent_is_light():
     code = "import sys, memory_agent; print('torch' in sys.modules, 'transformers' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "False False"
+
+
+def test_import_memory_agent_and_its_client_pull_no_server_package():
+    code = ("import sys, memory_agent, memory_agent.client; "
+            "print(sorted(m for m in ('fastapi', 'uvicorn', 'starlette', 'mcp', 'trl', 'peft', 'datasets') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

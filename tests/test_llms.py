@@ -275,3 +275,30 @@ def test_thread_picking_env_and_idle_cores(monkeypatch):
         assert tb.set_cpu_threads() == cores
     finally:
         torch.set_num_threads(before)
+
+
+def test_echo_model_follows_the_product_prompts():
+    from memory_agent.llms import resolve_llm
+    from memory_agent.prompts import answer_messages, extraction_messages, manager_messages
+
+    echo = resolve_llm("echo")
+    out = echo.generate([
+        extraction_messages("Alice", "I moved to Lyon", "a moving van"),
+        manager_messages(["Alice moved to Lyon", "Alice has a van"], ["Alice lives in Paris"]),
+        answer_messages("Where does Alice live?", [("8 May 2023", "Alice moved to Lyon")]),
+        answer_messages("Where?", []),
+    ])
+    assert out[0] == "- I moved to Lyon"
+    assert out[1] == "ADD: Alice moved to Lyon\nADD: Alice has a van"
+    assert out[2].endswith("**Answer:** Alice moved to Lyon") and "[0]" in out[2]
+    assert out[3].endswith("**Answer:** unknown")
+    assert echo.usage.calls == 1
+
+
+@pytest.mark.parametrize("spec", ["echo:x", "echo:-1", "echo:100"])
+def test_bad_echo_specs_are_config_errors(spec):
+    from memory_agent.errors import ConfigError
+    from memory_agent.llms import resolve_llm
+
+    with pytest.raises(ConfigError):
+        resolve_llm(spec)

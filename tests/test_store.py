@@ -1,7 +1,7 @@
 """Core behaviour of the stores: CRUD, scoping, apply, filters, I/O.
 
-Tests taking ``backend``/``make_backend`` are the store contract and run on both
-``MemoryStore`` and ``InMemoryStore``; the others are about SQLite/FAISS itself.
+Tests taking ``backend``/``make_backend`` are the store contract and run on
+``MemoryStore``, ``InMemoryStore`` and ``PostgresStore``; the others are about SQLite/FAISS itself.
 """
 
 from __future__ import annotations
@@ -23,12 +23,16 @@ def snapshot(store: MemoryStore, user_id: str) -> list[tuple]:
 
 
 def index_ids(store) -> set[int]:
+    if not hasattr(store, "_index"):  # PostgresStore: the vectors are columns of the rows themselves
+        return db_ids(store)
     return set(store._index.owner)
 
 
 def db_ids(store) -> set[int]:
     if isinstance(store, MemoryStore):
         return {r[0] for r in store._db.conn.execute("SELECT id FROM memories")}
+    if not hasattr(store, "_records"):  # PostgresStore
+        return {r.id for user in store.users() for r in store.list(user)}
     return set(store._records)
 
 
@@ -323,6 +327,24 @@ def test_user_id_is_required_everywhere(backend):
         with pytest.raises(TypeError):
             call()
     assert backend.count() == 1
+
+
+def test_receipts_make_a_retried_batch_exactly_once(backend):
+    from memory_store import AlreadyApplied
+
+    a = backend.apply([Add(text="one")], "u1", receipts=["job:0"])[0].id
+    assert backend.receipts("u1", ["job:0", "job:1"]) == {"job:0"} and backend.receipts("u2", ["job:0"]) == set()
+    with pytest.raises(AlreadyApplied) as info:
+        backend.apply([Add(text="two")], "u1", receipts=["job:1", "job:0"])
+    assert info.value.keys == ["job:0"] and backend.count("u1") == 1
+    assert backend.receipts("u1", ["job:1"]) == set()  # nothing of the refused batch was recorded
+    backend.delete(a, "u1")
+    with pytest.raises(AlreadyApplied):  # a retry is recognised before its ids are checked
+        backend.apply([Update(id=a, text="uno")], "u1", receipts=["job:0"])
+    assert backend.apply([], "u1", receipts=["job:2"]) == [] and backend.receipts("u1", ["job:2"]) == {"job:2"}
+    backend.apply([Add(text="theirs")], "u2", receipts=["job:0"])  # receipts are per user
+    with pytest.raises(InvalidInput):
+        backend.apply([], "u1", receipts=["dup", "dup"])
 
 
 def test_in_memory_fork_is_copy_on_write(embedder):

@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "history": "memory_agent.cli.memory_cmds:history",
     "chat": "memory_agent.cli.memory_cmds:chat",
     "info": "memory_agent.cli.memory_cmds:info",
+    "migrate": "memory_agent.cli.store_cmds:migrate",
     "bench": "memory_agent.cli.bench_cmds:bench",
     "eval": "memory_agent.cli.eval_cmds:eval_group",
     "train": "memory_agent.cli.train_cmds:train",

@@ -17,6 +17,7 @@ BENCHMARKS: dict[str, str] = {
     "ingest": "memory_agent.cli.bench_ingest:ingest",
     "rlm": "memory_agent.cli.bench_rlm:rlm_bench",
     "train-step": "memory_agent.cli.bench_train:train_step",
+    "serve": "memory_agent.cli.bench_serve:serve_bench",
 }
 
 
@@ -26,4 +27,4 @@ class _BenchGroup(LazyGroup):
 
 @click.group(cls=_BenchGroup)
 def bench() -> None:
-    """Benchmarks (store, ingest, rlm, train-step); each prints one JSON object with --json."""
+    """Benchmarks (store, ingest, rlm, train-step, serve); each prints one JSON object with --json."""

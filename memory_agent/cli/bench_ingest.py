@@ -62,7 +62,7 @@ def load_sessions(path: Path) -> tuple[str, list[tuple[list[dict], str]]]:
 @click.option("--data", "data_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="LoCoMo JSON file (default: ../shared/datasets/locomo/locomo_dev.json).")
 @click.option("--turns", type=int, default=None, help="Only the first N turns.")
-@click.option("--db", default=None, help="Memory folder (default: a fresh temporary folder).")
+@click.option("--db", default=None, help="Memory folder or PostgreSQL URL (default: a fresh temporary folder).")
 @model_options
 @embedder_option
 @json_option
@@ -127,9 +127,9 @@ def ingest(data_path: Path | None, turns: int | None, db: str | None, model: str
         "cpu_count": os.cpu_count(),
         "loadavg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
-    from memory_store import MemoryStore
+    from memory_store import open_store
 
-    with MemoryStore(folder) as store:
+    with open_store(folder) as store:
         report["memories"] = store.count(sample_id)
     if as_json:
         emit_json(report)

@@ -288,7 +288,9 @@ def info(db: str, user_id: str, embedder: str, as_json: bool) -> None:
         stats = dict(mem.store.stats())
         stats["user"] = user_id
         stats["user_memories"] = mem.store.count(user_id)
-    stats["db"] = str(Path(db).resolve())
+    from memory_store.opening import describe_location
+
+    stats["db"] = describe_location(db)  # a URL without its password
     stats["embedded_llm_cached"] = embedded.smollm2_is_cached()
     stats["embedded_llm_cache"] = str(embedded.smollm2_cache_path())
     if as_json:

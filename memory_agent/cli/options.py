@@ -34,7 +34,8 @@ db_option = click.option(
     "--db",
     default=lambda: os.environ.get("MEMORY_AGENT_DB", DEFAULT_DB),
     show_default="./memory_db or $MEMORY_AGENT_DB",
-    help="Memory folder.",
+    help="Memory folder, or a PostgreSQL URL (postgresql://user@host:5432/db; password from the URL, "
+    "$PGPASSWORD or ~/.pgpass).",
 )
 user_option = click.option("--user", "user_id", default="default", show_default=True, help="Whose memories.")
 embedder_option = click.option(
@@ -81,7 +82,8 @@ def model_options(f: Callable) -> Callable:
         "--model",
         default="default",
         show_default=True,
-        help="default (embedded SmolLM2-135M), a model folder, a .gguf file, or openai:MODEL@URL.",
+        help="default (embedded SmolLM2-135M), a model folder, a .gguf file, openai:MODEL@URL, or echo "
+        "(a deterministic rule-following model for trying things out and benchmarks).",
     )(f)
     return f
 

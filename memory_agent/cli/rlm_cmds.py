@@ -22,9 +22,9 @@ __all__ = ["rlm", "load_context_file", "load_memory_bank"]
 
 def load_memory_bank(db: str, user_id: str) -> list[dict]:
     """The user's memories as ``{"id", "time", "text"}`` dicts, oldest first."""
-    from memory_store import MemoryStore
+    from memory_store import open_store
 
-    store = MemoryStore(db)  # no embedder: the store keeps the dimension it was built with
+    store = open_store(db)  # no embedder: the store keeps the dimension it was built with
     try:
         return [{"id": r.id, "time": str(r.created_at), "text": r.text} for r in store.list(user_id)]
     finally:
@@ -49,8 +49,8 @@ def load_context_file(path: str) -> str | list:
 
 @click.command("rlm")
 @click.argument("question")
-@click.option("--db", type=click.Path(exists=True, file_okay=False), default=None,
-              help="Memory folder: search this user's whole memory bank.")
+@click.option("--db", default=None,
+              help="Memory folder or PostgreSQL URL: search this user's whole memory bank.")
 @click.option("--user", "user_id", default="default", show_default=True, help="Whose memories (with --db).")
 @click.option("--context", "context_file", type=click.Path(exists=True, dir_okay=False), default=None,
               help="A raw history file instead: .txt, .json list, or .jsonl records.")

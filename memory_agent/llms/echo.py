@@ -4,13 +4,16 @@ It reads the product's own prompts (``memory_agent.prompts``) and answers the
 way a perfect copy-editor would: extraction returns the turn's text as its one
 fact, the manager ADDs every new fact, the Answer Agent quotes the first
 memory shown. No weights, microseconds per call, so ``memory-agent bench
-serve`` measures the service and not a model. Like the hashing embedder it is
-a real backend with a declared behaviour, not a stand-in for a trained model.
+serve`` measures the service and not a model. ``echo:0.05`` waits 50 ms per
+``generate`` call, to stand for a model's latency (crash tests need a queue
+that is still running when the process is killed). Like the hashing embedder
+it is a real backend with a declared behaviour, not a stand-in for a trained model.
 """
 
 from __future__ import annotations
 
 import re
+import time
 
 from memory_agent.llms.base import Usage, truncate_at_stop
 from memory_agent.prompts import ANSWER_MARKER, ANSWER_SYSTEM, EXTRACT_SYSTEM, MANAGER_SYSTEM
@@ -23,12 +26,15 @@ _SHOWN = re.compile(r"^\[0\] (.*)$", re.MULTILINE)
 class EchoLLM:
     name = "echo"
 
-    def __init__(self) -> None:
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay = delay
         self.usage = Usage()
 
     def generate(self, batch: list[list[dict[str, str]]], *, max_new_tokens: int = 256, temperature: float = 0.0,
                  stop: list[str] | None = None) -> list[str]:
         self.usage.calls += 1
+        if self.delay:
+            time.sleep(self.delay)
         return [truncate_at_stop(self._reply(messages), stop) for messages in batch]
 
     @staticmethod

@@ -69,10 +69,17 @@ def _scripted(spec: str) -> LLM:
     return ScriptedLLM(replies, default=default)
 
 
-def _echo(_: str) -> LLM:
+def _echo(spec: str) -> LLM:
     from memory_agent.llms.echo import EchoLLM
 
-    return EchoLLM()
+    _, _, delay = spec.partition(":")
+    try:
+        seconds = float(delay) if delay else 0.0
+    except ValueError:
+        raise ConfigError(f"bad echo spec {spec!r}; use echo or echo:SECONDS") from None
+    if not 0 <= seconds <= 60:
+        raise ConfigError(f"echo delay must be 0-60 seconds, got {seconds}")
+    return EchoLLM(seconds)
 
 
 # Backend name -> factory taking the spec string. Plain dict so callers can list them.
@@ -89,8 +96,10 @@ _lock = threading.Lock()
 
 
 def _backend_for(spec: str) -> tuple[str, str]:
-    if spec in ("default", "echo"):
-        return spec, spec
+    if spec == "default":
+        return "default", spec
+    if spec == "echo" or spec.startswith("echo:"):
+        return "echo", spec
     if spec.startswith("openai:"):
         return "openai", spec
     if spec.startswith("scripted:"):
@@ -105,7 +114,7 @@ def _backend_for(spec: str) -> tuple[str, str]:
     if path.suffix == ".gguf" or "/" in spec or spec.startswith("."):
         raise ModelNotFound(f"no model at {spec!r}")
     raise ConfigError(
-        f"unknown model spec {spec!r}; use 'default', a model folder, a .gguf file, or openai:MODEL@URL"
+        f"unknown model spec {spec!r}; use 'default', a model folder, a .gguf file, openai:MODEL@URL or echo"
     )
 
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, Query, Request, Response
@@ -93,7 +95,8 @@ class _TooLarge(Exception):
     pass
 
 
-def _tenant(request: Request, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> str:
+async def _tenant(request: Request, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> str:
+    # async: a cached lookup (keys.KEY_CACHE_S) costs microseconds, less than a hop to the thread pool
     return request.app.state.service.tenant(creds.credentials if creds else None)
 
 
@@ -102,7 +105,18 @@ Tenant = Annotated[str, Depends(_tenant)]
 
 def create_app(service: Service, *, mcp_app: Any = None, page: bool = False) -> FastAPI:
     """The ASGI app; ``mcp_app`` (from ``mcp_server.http_app``) is mounted at ``/mcp``."""
-    app = FastAPI(title="memory-agent", version="1", description="Long-lived memory for LLM assistants.")
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # A mounted app gets no lifespan events: run the MCP app's (its session manager) inside ours.
+        if mcp_app is None:
+            yield
+            return
+        async with mcp_app.router.lifespan_context(mcp_app):
+            yield
+
+    app = FastAPI(title="memory-agent", version="1", description="Long-lived memory for LLM assistants.",
+                  lifespan=lifespan)
 
     app.state.service = service
 

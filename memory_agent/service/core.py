@@ -26,10 +26,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from memory_agent.errors import InvalidInput, JobNotFound, MemoryAgentError, MemoryNotFound, Unauthorized
+from memory_agent.errors import InvalidInput, JobNotFound, MemoryAgentError, MemoryNotFound, StoreError, Unauthorized
 from memory_agent.extraction import parse_session_date
 from memory_agent.memory import Memory
 from memory_agent.service.db import ServiceDB
+from memory_store.private import open_private
 from memory_agent.service.jobs import Job, JobQueue, JobWorker
 from memory_agent.service.keys import KeyStore
 from memory_agent.service.models import (
@@ -72,14 +73,28 @@ class Service:
         self.model_lock = threading.Lock()
         self.wait_timeout = wait_timeout
         self.worker = JobWorker(self.jobs, self._run_job, _JOB_FAILURES)
+        self._lockfile: Any = None
 
     def start(self) -> "Service":
+        """Start the job worker; one per store folder (a second ``serve`` would run the same jobs)."""
+        import fcntl
+
+        path = Path(self.memory.store.path) / "service.lock"
+        self._lockfile = open_private(path, "a")
+        try:
+            fcntl.flock(self._lockfile, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._lockfile.close()
+            raise StoreError(f"another memory service is already running on {path.parent}") from None
         self.worker.start()
         return self
 
     def close(self) -> None:
         self.worker.stop()
         self.db.close()
+        if self._lockfile is not None:
+            self._lockfile.close()  # releases the lock
+            self._lockfile = None
 
     def ready(self) -> dict[str, Any]:
         """What ``/readyz`` reports: the worker alive and the store open."""

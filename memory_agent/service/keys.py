@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
+import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -19,6 +21,9 @@ from memory_agent.service.db import ServiceDB
 __all__ = ["KEY_PREFIX", "KeyInfo", "KeyStore"]
 
 KEY_PREFIX = "mak_"
+#: How long a looked-up key is trusted without asking the database again: a key
+#: revoked by another process (``memory-agent keys revoke``) is refused within this.
+KEY_CACHE_S = 2.0
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
 
 
@@ -41,6 +46,8 @@ def _now() -> str:
 class KeyStore:
     def __init__(self, db: ServiceDB):
         self.db = db
+        self._cache: dict[str, tuple[str | None, float]] = {}  # hash -> (tenant or None, expiry)
+        self._cache_lock = threading.Lock()
 
     def create(self, name: str, tenant: str | None = None) -> tuple[str, KeyInfo]:
         """A new key (returned in clear once) for ``tenant`` (a new tenant when None)."""
@@ -62,8 +69,18 @@ class KeyStore:
         """The tenant of a valid, unrevoked key; None otherwise."""
         if not key or not key.startswith(KEY_PREFIX) or len(key) > 200:
             return None
-        rows = self.db.read("SELECT tenant FROM keys WHERE hash = ? AND revoked_at IS NULL", [_hash(key)])
-        return rows[0][0] if rows else None
+        digest, now = _hash(key), time.monotonic()
+        with self._cache_lock:
+            hit = self._cache.get(digest)
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        rows = self.db.read("SELECT tenant FROM keys WHERE hash = ? AND revoked_at IS NULL", [digest])
+        tenant = rows[0][0] if rows else None
+        with self._cache_lock:
+            if len(self._cache) > 10_000:  # wrong keys must not grow it without bound
+                self._cache.clear()
+            self._cache[digest] = (tenant, now + KEY_CACHE_S)
+        return tenant
 
     def list(self) -> list[KeyInfo]:
         return [KeyInfo(*r) for r in self.db.read("SELECT name, tenant, created_at, revoked_at FROM keys ORDER BY id")]
@@ -76,5 +93,7 @@ class KeyStore:
                 raise ConfigError(f"no key named {name!r}")
             if row[3] is None:
                 conn.execute("UPDATE keys SET revoked_at = ? WHERE name = ?", [_now(), name])
+        with self._cache_lock:
+            self._cache.clear()  # this process refuses it at once; others within KEY_CACHE_S
         return KeyInfo(*self.db.read("SELECT name, tenant, created_at, revoked_at FROM keys WHERE name = ?",
                                      [name])[0])
