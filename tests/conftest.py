@@ -233,7 +233,8 @@ class Served:
 
 
 def start_service(folder, *, llm="echo", mcp=False, page=False, embedder=None, start_worker=True) -> Served:
-    """Open a Memory in ``folder`` (echo model, hashing embedder by default) and serve it on a free port."""
+    """Open a Memory in ``folder`` (a path or a PostgreSQL URL; echo model, hashing embedder by default)
+    and serve it on a free port."""
     import socket
     import threading
     import time
@@ -246,7 +247,7 @@ def start_service(folder, *, llm="echo", mcp=False, page=False, embedder=None, s
     from memory_store import HashingEmbedder
 
     memory = Memory.open(folder, llm=llm, embedder=embedder or HashingEmbedder(dim=64), policy=None)
-    service = Service(memory)
+    service = Service(memory, folder)
     mcp_app = None
     if mcp:
         from memory_agent.service.mcp_server import http_app
@@ -269,9 +270,12 @@ def start_service(folder, *, llm="echo", mcp=False, page=False, embedder=None, s
     return Served(folder, f"http://127.0.0.1:{port}", service, server, thread)
 
 
-@pytest.fixture
-def served(tmp_path):
-    """A real memory service (echo model, hashing embedder) on a loopback port; ``.url``, ``.key(name)``."""
-    s = start_service(tmp_path / "served")
+@pytest.fixture(params=["sqlite", "postgres"])
+def served(request, tmp_path):
+    """A real memory service (echo model, hashing embedder) on a loopback port; ``.url``, ``.key(name)``.
+
+    Run twice: over a store folder and over a PostgreSQL store (keys and jobs in the same database)."""
+    location = tmp_path / "served" if request.param == "sqlite" else request.getfixturevalue("pg_database")("served")
+    s = start_service(location)
     yield s
     s.stop()

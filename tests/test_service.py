@@ -241,7 +241,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _serve(db: Path, port: int) -> subprocess.Popen:
+def _serve(db: Path | str, port: int) -> subprocess.Popen:
     proc = subprocess.Popen([CLI, "serve", "--db", str(db), "--embedder", "hashing", "--model", "echo:0.03",
                              "--untrained", "--no-mcp", "--port", str(port), "--log-level", "warning"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -258,8 +258,9 @@ def _serve(db: Path, port: int) -> subprocess.Popen:
     raise RuntimeError("server did not start")
 
 
-def test_sigkill_mid_queue_then_restart_applies_every_acknowledged_turn_once(tmp_path):
-    db = tmp_path / "crash"
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_sigkill_mid_queue_then_restart_applies_every_acknowledged_turn_once(tmp_path, request, backend):
+    db = tmp_path / "crash" if backend == "sqlite" else request.getfixturevalue("pg_database")("crash")
     key = subprocess.run([CLI, "keys", "create", "--db", str(db), "--name", "app"], capture_output=True,
                          text=True, check=True).stdout.strip()
     h = {"Authorization": f"Bearer {key}"}
@@ -302,7 +303,7 @@ def test_a_second_service_on_one_folder_is_refused(served):
     from memory_agent.errors import StoreError
     from memory_agent.service import Service
 
-    other = Service(served.service.memory)
+    other = Service(served.service.memory, served.folder)
     with pytest.raises(StoreError, match="already running"):
         other.start()
     other.db.close()

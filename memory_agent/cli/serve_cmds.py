@@ -17,14 +17,10 @@ __all__ = ["serve", "keys", "mcp"]
 
 def _service(db: str, embedder: str, model: str, manager_model: str | None, answer_model: str | None,
              policy: str | None):
-    from memory_agent.errors import ConfigError
     from memory_agent.service import Service
-    from memory_store import is_postgres_url
 
-    if is_postgres_url(db):  # the service's keys and jobs live in the store folder (issue 16: not moved yet)
-        raise ConfigError("the memory service keeps its API keys and jobs in the store folder: serving a "
-                          "postgresql:// store is not supported yet (the library and the other commands are)")
-    return Service(open_memory(db, embedder, model, manager_model, answer_model, policy))
+    # db: the folder or the PostgreSQL URL (with its credentials, which the opened store does not keep)
+    return Service(open_memory(db, embedder, model, manager_model, answer_model, policy), db)
 
 
 @click.command()
@@ -38,7 +34,8 @@ def _service(db: str, embedder: str, model: str, manager_model: str | None, answ
 @click.option("--log-level", type=click.Choice(["warning", "info", "debug"]), default="info", show_default=True)
 def serve(db: str, embedder: str, model: str, manager_model: str | None, answer_model: str | None,
           policy: str | None, host: str, port: int, no_mcp: bool, log_level: str) -> None:
-    """Serve a memory folder over HTTP: REST under /v1, docs at /docs, a web page at /, MCP at /mcp."""
+    """Serve a memory folder (or PostgreSQL store) over HTTP: REST under /v1, docs at /docs, a web page at /,
+    MCP at /mcp/."""
     import uvicorn
 
     from memory_agent.service.app import create_app
@@ -73,10 +70,10 @@ def keys() -> None:
 @click.option("--tenant", default=None, help="Give the key to an existing tenant (default: a new tenant).")
 def keys_create(db: str, name: str, tenant: str | None) -> None:
     """Create a key and print it once (it is stored hashed)."""
-    from memory_agent.service.db import ServiceDB
+    from memory_agent.service.db import open_service_db
     from memory_agent.service.keys import KeyStore
 
-    key, info = KeyStore(ServiceDB(db)).create(name, tenant)
+    key, info = KeyStore(open_service_db(db)).create(name, tenant)
     click.echo(key)
     click.echo(f"key {info.name!r} for tenant {info.tenant!r}; it is shown only this once", err=True)
 
@@ -86,10 +83,10 @@ def keys_create(db: str, name: str, tenant: str | None) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def keys_list(db: str, as_json: bool) -> None:
     """Names, tenants and dates of the keys (never the keys)."""
-    from memory_agent.service.db import ServiceDB
+    from memory_agent.service.db import open_service_db
     from memory_agent.service.keys import KeyStore
 
-    rows = KeyStore(ServiceDB(db, create=False)).list()
+    rows = KeyStore(open_service_db(db, create=False)).list()
     if as_json:
         emit_json([vars(r) for r in rows])
         return
@@ -102,10 +99,10 @@ def keys_list(db: str, as_json: bool) -> None:
 @click.option("--name", required=True)
 def keys_revoke(db: str, name: str) -> None:
     """Revoke a key: requests with it get 401 from now on."""
-    from memory_agent.service.db import ServiceDB
+    from memory_agent.service.db import open_service_db
     from memory_agent.service.keys import KeyStore
 
-    info = KeyStore(ServiceDB(db, create=False)).revoke(name)
+    info = KeyStore(open_service_db(db, create=False)).revoke(name)
     click.echo(f"revoked {info.name!r} (tenant {info.tenant!r})")
 
 

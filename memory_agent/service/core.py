@@ -26,11 +26,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from memory_agent.errors import InvalidInput, JobNotFound, MemoryAgentError, MemoryNotFound, StoreError, Unauthorized
+from memory_agent.errors import ConfigError, InvalidInput, JobNotFound, MemoryAgentError, MemoryNotFound, Unauthorized
 from memory_agent.extraction import parse_session_date
 from memory_agent.memory import Memory
-from memory_agent.service.db import ServiceDB
-from memory_store.private import open_private
+from memory_agent.service.db import open_service_db
 from memory_agent.service.jobs import Job, JobQueue, JobWorker
 from memory_agent.service.keys import KeyStore
 from memory_agent.service.models import (
@@ -65,36 +64,29 @@ def check_user_name(user: Any) -> str:
 class Service:
     """One store, its models, its keys and its job queue (see the module docstring)."""
 
-    def __init__(self, memory: Memory, folder: str | Path | None = None, *, wait_timeout: float = _WAIT_TIMEOUT_S):
+    def __init__(self, memory: Memory, location: str | Path | None = None, *,
+                 wait_timeout: float = _WAIT_TIMEOUT_S):
+        """``location``: where the store lives (a folder or a PostgreSQL URL); default: the store's folder."""
         self.memory = memory
-        self.db = ServiceDB(folder if folder is not None else memory.store.path)
+        location = location if location is not None else memory.store.path
+        if location is None:
+            raise ConfigError("a store with no folder (PostgreSQL) needs Service(memory, location=<its URL>)")
+        self.db = open_service_db(location)
         self.keys = KeyStore(self.db)
         self.jobs = JobQueue(self.db)
         self.model_lock = threading.Lock()
         self.wait_timeout = wait_timeout
         self.worker = JobWorker(self.jobs, self._run_job, _JOB_FAILURES)
-        self._lockfile: Any = None
 
     def start(self) -> "Service":
-        """Start the job worker; one per store folder (a second ``serve`` would run the same jobs)."""
-        import fcntl
-
-        path = Path(self.memory.store.path) / "service.lock"
-        self._lockfile = open_private(path, "a")
-        try:
-            fcntl.flock(self._lockfile, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            self._lockfile.close()
-            raise StoreError(f"another memory service is already running on {path.parent}") from None
+        """Start the job worker; one per store (a second service would run the same jobs)."""
+        self.db.acquire_service_lock()
         self.worker.start()
         return self
 
     def close(self) -> None:
         self.worker.stop()
         self.db.close()
-        if self._lockfile is not None:
-            self._lockfile.close()  # releases the lock
-            self._lockfile = None
 
     def ready(self) -> dict[str, Any]:
         """What ``/readyz`` reports: the worker alive and the store open."""

@@ -21,13 +21,13 @@ from datetime import datetime, timezone
 from typing import Any
 
 from memory_agent.errors import IdempotencyConflict
-from memory_agent.service.db import ServiceDB
+from memory_agent.service.db import PgServiceDB, ServiceDB
 
 __all__ = ["Job", "JobQueue", "JobWorker"]
 
 log = logging.getLogger(__name__)
 
-_COLS = "job_id, tenant, user, idem, payload, turns, status, attempts, result, error, created_at, updated_at"
+_COLS = "job_id, tenant, user_name, idem, payload, turns, status, attempts, result, error, created_at, updated_at"
 
 
 def _now() -> str:
@@ -43,7 +43,7 @@ class Job:
 
 
 class JobQueue:
-    def __init__(self, db: ServiceDB):
+    def __init__(self, db: ServiceDB | PgServiceDB):
         self.db = db
         self.changed = threading.Condition()
 
@@ -64,7 +64,7 @@ class JobQueue:
                     return job, False
             now = _now()
             job_id = "job_" + secrets.token_hex(8)
-            conn.execute("INSERT INTO jobs (job_id, tenant, user, idem, payload, turns, status, created_at,"
+            conn.execute("INSERT INTO jobs (job_id, tenant, user_name, idem, payload, turns, status, created_at,"
                          " updated_at) VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?)",
                          [job_id, tenant, user, idem, body, turns, now, now])
             row = conn.execute(f"SELECT {_COLS} FROM jobs WHERE job_id = ?", [job_id]).fetchone()
@@ -79,12 +79,12 @@ class JobQueue:
         if user is None:
             rows = self.db.read(f"SELECT {_COLS} FROM jobs WHERE tenant = ? ORDER BY seq DESC LIMIT ?", [tenant, limit])
         else:
-            rows = self.db.read(f"SELECT {_COLS} FROM jobs WHERE tenant = ? AND user = ? ORDER BY seq DESC LIMIT ?",
+            rows = self.db.read(f"SELECT {_COLS} FROM jobs WHERE tenant = ? AND user_name = ? ORDER BY seq DESC LIMIT ?",
                                 [tenant, user, limit])
         return [Job(r) for r in rows]
 
     def users(self, tenant: str) -> list[str]:
-        return [r[0] for r in self.db.read("SELECT DISTINCT user FROM jobs WHERE tenant = ?", [tenant])]
+        return [r[0] for r in self.db.read("SELECT DISTINCT user_name FROM jobs WHERE tenant = ?", [tenant])]
 
     def counts(self, tenant: str) -> dict[str, int]:
         rows = self.db.read("SELECT status, count(*) FROM jobs WHERE tenant = ? GROUP BY status", [tenant])

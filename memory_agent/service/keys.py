@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from memory_agent.errors import ConfigError, InvalidInput
-from memory_agent.service.db import ServiceDB
+from memory_agent.service.db import PgServiceDB, ServiceDB
 
 __all__ = ["KEY_PREFIX", "KeyInfo", "KeyStore"]
 
@@ -44,7 +44,7 @@ def _now() -> str:
 
 
 class KeyStore:
-    def __init__(self, db: ServiceDB):
+    def __init__(self, db: ServiceDB | PgServiceDB):
         self.db = db
         self._cache: dict[str, tuple[str | None, float]] = {}  # hash -> (tenant or None, expiry)
         self._cache_lock = threading.Lock()
