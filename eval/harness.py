@@ -49,7 +49,7 @@ from memory_agent.answer import check_retrieval
 from memory_agent.defaults import ANSWER_K, ANSWER_RETRIEVAL
 from memory_agent.errors import ConfigError
 from memory_agent.llms import resolve_llm
-from memory_agent.memory import resolve_embedder
+from memory_agent.memory import embedder_name, resolve_embedder
 from memory_agent.policies import role_specs
 
 __all__ = ["EvalConfig", "load_conversations", "make_embedder", "run_eval", "run_method"]
@@ -100,7 +100,7 @@ def load_conversations(data: str | None, split: str | None) -> list[Conversation
 
 
 def make_embedder(spec: Any) -> Any:
-    """``default`` (MiniLM), ``hashing`` (no model: tests and smoke runs) or an embedder object."""
+    """A name of :data:`memory_agent.memory.EMBEDDER_NAMES` or an embedder object (the product's resolver)."""
     return resolve_embedder(spec)
 
 
@@ -227,6 +227,29 @@ def _copy_store(src: Path, dst: Path) -> None:
             shutil.copy2(extra, dst / extra.name)
 
 
+def _identity(method_name: str, config: EvalConfig, method_config: MethodConfig) -> dict[str, Any]:
+    """What a run folder's rows depend on: a rerun with another value is refused, not served stale rows."""
+    uses = METHODS[method_name].uses_retrieval
+    return {
+        "method": method_name,
+        "model": _name(config.model),
+        "manager_model": _name(config.manager_model),
+        "answer_model": _name(config.answer_model),
+        "embedder": _name(embedder_name(config.embedder)),
+        "data": str(config.data) if config.data else str(default_root()),
+        "split": config.split,
+        "top_k": config.top_k if uses else None,
+        "context_window": config.context_window if method_name == "full-context" else None,
+        "retrieval": method_config.retrieval if uses else None,
+    }
+
+
+def _selected(conversations: Sequence[Conversation], limit: int | None) -> list[tuple[Conversation, int]]:
+    """The questions of a run, in order, after --limit-questions (a total): adversarial ones are not scored."""
+    selected = [(conv, qid) for conv in conversations for qid, qa in enumerate(conv.qa) if not qa.is_adversarial]
+    return selected if limit is None else selected[:limit]
+
+
 def run_method(
     method_name: str,
     conversations: Sequence[Conversation],
@@ -241,19 +264,7 @@ def run_method(
     ``seed``: a run folder whose finished ingests (same ingest identity) are copied instead of rebuilt.
     """
     run_dir = Path(run_dir)
-    uses = METHODS[method_name].uses_retrieval
-    identity = {
-        "method": method_name,
-        "model": _name(config.model),
-        "manager_model": _name(config.manager_model),
-        "answer_model": _name(config.answer_model),
-        "embedder": _name(config.embedder),
-        "data": str(config.data) if config.data else str(default_root()),
-        "split": config.split,
-        "top_k": config.top_k if uses else None,
-        "context_window": config.context_window if method_name == "full-context" else None,
-        "retrieval": method_config.retrieval if uses else None,
-    }
+    identity = _identity(method_name, config, method_config)
     settings = {"f1": config.f1, "answer_batch": config.answer_batch, "judge": _name(config.judge),
                 "limit_questions": config.limit_questions}
     _check_identity(run_dir, identity, settings)
@@ -262,15 +273,7 @@ def run_method(
     if pred_path.is_file() and len(rows) != sum(1 for ln in pred_path.read_text(encoding="utf-8").splitlines() if ln):
         _rewrite(pred_path, rows)  # drop a line torn by an interruption before appending after it
     done = {(r["sample_id"], r["qid"]) for r in rows}
-
-    # The questions of this run, in order, after --limit-questions (a total).
-    selected: list[tuple[Conversation, int]] = []
-    for conv in conversations:
-        for qid, qa in enumerate(conv.qa):
-            if not qa.is_adversarial:
-                selected.append((conv, qid))
-    if config.limit_questions is not None:
-        selected = selected[: config.limit_questions]
+    selected = _selected(conversations, config.limit_questions)
     wanted = {(c.sample_id, q) for c, q in selected}
 
     method = make_method(method_name, method_config)

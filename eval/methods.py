@@ -30,13 +30,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
-from data.schema import Conversation, Session, Turn
+from data.schema import Conversation, Session
 from memory_agent.answer import AnswerAgent, display_date, parse_answer, shown_messages
 from eval.scoring import memory_source, memory_view
 from memory_agent.defaults import ANSWER_K, ANSWER_MAX_NEW_TOKENS, ANSWER_RETRIEVAL
 from memory_agent.errors import ConfigError
+from memory_agent.llms.base import TokenCounting, prompt_tokens
 from memory_agent.memory import Memory
-from memory_agent.prompts import answer_messages
+from memory_agent.prompts import answer_messages, format_turn
 
 __all__ = [
     "MethodConfig",
@@ -50,7 +51,6 @@ __all__ = [
     "RLMMethod",
     "METHODS",
     "make_method",
-    "turn_line",
     "store_turns",
     "count_tokens",
     "context_window",
@@ -138,42 +138,25 @@ class _Base:
 # ------------------------------------------------------------------ helpers
 
 
-def turn_line(session: Session, turn: Turn) -> str:
-    """``"[1:56 pm on 8 May, 2023] Caroline: text"``; a shared image becomes its caption."""
-    text = f"[{session.date_time}] {turn.speaker}: {turn.text.strip()}"
-    if turn.blip_caption:
-        text += f" [shares a photo of {turn.blip_caption.strip()}]"
-    return text
-
-
 def store_turns(store: Any, session: Session, user_id: str) -> int:
     """Store a session's raw turns as ``rag`` keeps them (``"speaker: text"``, session time, source turn)."""
     turns = [t for t in session.turns if t.text.strip()]
     if turns:
-        store.add_many([turn_line(session, t).split("] ", 1)[1] for t in turns], user_id,
+        store.add_many([format_turn(t.speaker, t.text, t.blip_caption) for t in turns], user_id,
                        metadatas=[{"speaker": t.speaker, "source": t.dia_id} for t in turns],
                        timestamps=[session.timestamp] * len(turns), actor="agent", source="rag")
     return len(turns)
 
 
 def count_tokens(llm: Any, messages: list[dict[str, str]]) -> int:
-    """Prompt tokens with the model's tokenizer when it has one, else characters / 4."""
-    counter = getattr(llm, "count_tokens", None)
-    if callable(counter):
-        return int(counter(messages))
-    return sum(len(m["content"]) for m in messages) // 4
+    """Prompt tokens with the model's tokenizer when it counts tokens, else ~4 characters a token."""
+    return prompt_tokens(llm, messages)
 
 
 def context_window(llm: Any, default: int = 8192) -> int:
-    """The model's context length in tokens (config, then tokenizer), else ``default``."""
-    config = getattr(getattr(llm, "model", None), "config", None)
-    n = getattr(config, "max_position_embeddings", None)
-    if isinstance(n, int) and n > 0:
-        return n
-    n = getattr(getattr(llm, "tokenizer", None), "model_max_length", None)
-    if isinstance(n, int) and 0 < n < 10_000_000:
-        return n
-    return default
+    """The model's context length in tokens when it states one (``TokenCounting``), else ``default``."""
+    n = llm.context_window if isinstance(llm, TokenCounting) else None
+    return n if n is not None else default
 
 
 def _ask_many(llm: Any, prompts: list[tuple[list[dict[str, str]], int]]) -> tuple[list[tuple[str, str, bool]], float]:
@@ -443,7 +426,7 @@ class FullContextMethod(_Base):
     def load(self, conversation: Conversation, store_dir: Path) -> None:
         # (date, "speaker: text"), dated like the Answer Agent's memories
         turns = [(s, t) for s, t in conversation.turns() if t.text.strip()]
-        self.memories = [(display_date(s.timestamp), turn_line(s, t).split("] ", 1)[1]) for s, t in turns]
+        self.memories = [(display_date(s.timestamp), format_turn(t.speaker, t.text, t.blip_caption)) for s, t in turns]
         self.sources = [t.dia_id for _, t in turns]
 
     def _fit(self, question: str) -> int:

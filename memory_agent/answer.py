@@ -35,9 +35,10 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any, Callable, Protocol, runtime_checkable
 
+from data.dates import display_day
 from memory_agent.defaults import ANSWER_K, ANSWER_MAX_NEW_TOKENS, ANSWER_MAX_PROMPT_TOKENS, ANSWER_RETRIEVAL
 from memory_agent.errors import ConfigError
-from memory_agent.llms.base import LLM
+from memory_agent.llms.base import LLM, text_tokens
 from memory_agent.prompts import Messages, answer_messages
 from memory_agent.timeexpr import TimeRange, time_range
 
@@ -195,10 +196,7 @@ class AnswerAgent:
     def _count(self, text: str) -> int:
         if self._count_tokens is not None:
             return self._count_tokens(text)
-        tok = getattr(self.llm, "tokenizer", None)
-        if tok is not None:
-            return len(tok(text, add_special_tokens=False)["input_ids"])
-        return len(text) // 4 + 1  # ~4 characters per token for English
+        return text_tokens(self.llm, text)  # the model's tokenizer, or ~4 characters a token
 
     def build(self, question: str, hits: Sequence[Any]) -> tuple[Messages, list[Any]]:
         """Prompt + the shown memories (oldest first), trimmed to the token budget."""
@@ -286,4 +284,4 @@ def display_date(record: Any) -> str:
         day = date.fromisoformat(value[:10])
     except ValueError:
         return value
-    return f"{day.day} {day:%B %Y}"
+    return display_day(day)

@@ -17,6 +17,8 @@ __all__ = [
     "ANSWER_MAX_PROMPT_TOKENS",
     "ANSWER_MAX_NEW_TOKENS",
     "WAVE_SIZE",
+    "EMBEDDER_NAMES",
+    "DEFAULT_MODEL_NAMES",
 ]
 
 #: Related memories shown to the Memory Manager per turn.
@@ -35,3 +37,12 @@ ANSWER_MAX_PROMPT_TOKENS = 1900
 ANSWER_MAX_NEW_TOKENS = 64
 #: Turns the manager decides in one batched call against one snapshot of the store.
 WAVE_SIZE = 32
+
+
+# The names the two resolvers accept, listed here (stdlib only) so the CLI's
+# choices, the training config and the product read one table.
+#: Embedders (memory_agent.memory.resolve_embedder): ``default`` and its alias ``minilm``
+#: (the shipped all-MiniLM-L6-v2), ``hashing`` (no model: tests and smoke runs).
+EMBEDDER_NAMES: tuple[str, ...] = ("default", "minilm", "hashing")
+#: Names of the embedded SmolLM2-135M-Instruct (memory_agent.llms.spec.resolve_llm, training's base model).
+DEFAULT_MODEL_NAMES: tuple[str, ...] = ("default", "smollm2", "smollm2-135m-instruct", "HuggingFaceTB/SmolLM2-135M-Instruct")

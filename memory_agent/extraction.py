@@ -24,9 +24,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
+from data.dates import MONTHS, display_day, parse_date
 from memory_agent.errors import InvalidModelOutput
 from memory_agent.llms.base import LLM
 from memory_agent.prompts import EXTRACT_EXAMPLE, extraction_messages
+from memory_agent.text import FACT_STOP_WORDS, GROUNDED_SHARE, grounded_share
 
 __all__ = [
     "Turn",
@@ -90,12 +92,6 @@ class ExtractionOutcome:
 _BULLET = re.compile(r"^\s*(?:[-*•]|\d+[.)])\s*")
 _NONE = re.compile(r"^\W*(none|no facts?|nothing)\W*$", re.IGNORECASE)
 _WORD = re.compile(r"[a-z0-9']+")
-_STOP = set(
-    "a an the and or but to of in on at for with from by is are was were be been being has have had "
-    "do does did i me my we our you your he him his she her they them their it its this that these "
-    "those so very really just also about as not no yes am will would can could should get got go "
-    "went going like love loves loved there here what who when where how all some any more most".split()
-)
 _EXAMPLE_FACTS = {
     line[2:].strip().casefold()
     for _, reply in EXTRACT_EXAMPLE
@@ -106,19 +102,15 @@ _EXAMPLE_FACTS = {
 
 def _content_words(text: str, ignore: set[str]) -> set[str]:
     words = {w.strip("'") for w in _WORD.findall(text.casefold())}
-    return {w[:-2] if w.endswith("'s") else w for w in words if w and w not in _STOP and w not in ignore}
+    return {w[:-2] if w.endswith("'s") else w for w in words if w and w not in FACT_STOP_WORDS and w not in ignore}
 
 
 def _grounded(fact: str, source: str, speaker: str) -> bool:
     ignore = {w for w in _WORD.findall(speaker.casefold())}
     ignore |= {"yesterday", "today", "tomorrow", "last", "week", "month", "year", "ago", "recently"}
-    words = _content_words(fact, ignore)
-    if not words:
-        return False
-    src = _content_words(source, set())
-    # Prefix match tolerates inflection ("volunteering" vs "volunteers").
-    hits = sum(1 for w in words if w in src or any(s.startswith(w[:5]) for s in src if len(w) >= 5))
-    return hits / len(words) >= 0.5
+    # Stem match tolerates inflection ("volunteering" vs "volunteers").
+    share = grounded_share(_content_words(fact, ignore), _content_words(source, set()))
+    return share is not None and share >= GROUNDED_SHARE
 
 
 def parse_facts(raw: str, *, speaker: str, source_text: str) -> list[str]:
@@ -180,36 +172,13 @@ def extract_facts(llm: LLM, turns: Sequence[Turn], *, max_new_tokens: int = EXTR
 
 
 # ------------------------------------------------------------------ dates
-_MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September",
-           "October", "November", "December"]
 _WEEKDAYS = ["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"]
 _NUMBERS = {"a": 1, "an": 1, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7,
             "eight": 8, "nine": 9, "ten": 10, "a couple of": 2, "couple of": 2, "a few": 3, "few": 3}
 
 
-def parse_session_date(value: str | datetime | date | None) -> datetime | None:
-    """ISO-8601 or LoCoMo's "1:56 pm on 8 May, 2023" -> datetime; None when unreadable."""
-    if value is None:
-        return None
-    if isinstance(value, datetime):
-        return value
-    if isinstance(value, date):
-        return datetime(value.year, value.month, value.day)
-    s = str(value).strip()
-    try:
-        return datetime.fromisoformat(s.replace("Z", "+00:00"))
-    except ValueError:
-        pass
-    for fmt in ("%I:%M %p on %d %B, %Y", "%I:%M %p on %d %b, %Y", "%d %B, %Y", "%d %B %Y", "%B %d, %Y"):
-        try:
-            return datetime.strptime(s, fmt)  # %p matches am/pm case-insensitively
-        except ValueError:
-            continue
-    return None
-
-
-def _day(d: date) -> str:
-    return f"{d.day} {_MONTHS[d.month - 1]} {d.year}"
+# The one date parser (ISO-8601 and the LoCoMo forms), under the name the product has always used.
+parse_session_date = parse_date
 
 
 def _month(year: int, month: int) -> str:
@@ -219,7 +188,7 @@ def _month(year: int, month: int) -> str:
     while month > 12:
         month -= 12
         year += 1
-    return f"{_MONTHS[month - 1]} {year}"
+    return f"{MONTHS[month - 1]} {year}"
 
 
 def resolve_dates(text: str, when: datetime | date) -> str:
@@ -234,9 +203,9 @@ def resolve_dates(text: str, when: datetime | date) -> str:
     def ago(m: re.Match) -> str:
         n, unit = n_of(m.group(1)), m.group(2).lower().rstrip("s")
         if unit == "day":
-            return f"on {_day(d - timedelta(days=n))}"
+            return f"on {display_day(d - timedelta(days=n))}"
         if unit == "week":
-            return f"around {_day(d - timedelta(weeks=n))}"
+            return f"around {display_day(d - timedelta(weeks=n))}"
         if unit == "month":
             return f"in {_month(d.year, d.month - n)}"
         return f"in {d.year - n}"
@@ -245,18 +214,18 @@ def resolve_dates(text: str, when: datetime | date) -> str:
         target = _WEEKDAYS.index(m.group(1).lower())
         back = (d.weekday() - target) % 7 or 7
         day = d - timedelta(days=back)
-        return f"on {m.group(1).capitalize()}, {_day(day)}"
+        return f"on {m.group(1).capitalize()}, {display_day(day)}"
 
     rules: list[tuple[str, object]] = [
         (rf"\b{num}\s+(days?|weeks?|months?|years?)\s+ago\b", ago),
         (r"\b(?:last|this past)\s+(" + "|".join(_WEEKDAYS) + r")\b", last_weekday),
-        (r"\bthe day before yesterday\b", lambda m: f"on {_day(d - timedelta(days=2))}"),
-        (r"\byesterday\b", lambda m: f"on {_day(d - timedelta(days=1))}"),
-        (r"\btoday\b|\btonight\b|\bthis morning\b|\bthis evening\b", lambda m: f"on {_day(d)}"),
-        (r"\btomorrow\b", lambda m: f"on {_day(d + timedelta(days=1))}"),
-        (r"\blast weekend\b", lambda m: f"the weekend before {_day(d)}"),
-        (r"\blast week\b", lambda m: f"the week before {_day(d)}"),
-        (r"\bnext week\b", lambda m: f"the week after {_day(d)}"),
+        (r"\bthe day before yesterday\b", lambda m: f"on {display_day(d - timedelta(days=2))}"),
+        (r"\byesterday\b", lambda m: f"on {display_day(d - timedelta(days=1))}"),
+        (r"\btoday\b|\btonight\b|\bthis morning\b|\bthis evening\b", lambda m: f"on {display_day(d)}"),
+        (r"\btomorrow\b", lambda m: f"on {display_day(d + timedelta(days=1))}"),
+        (r"\blast weekend\b", lambda m: f"the weekend before {display_day(d)}"),
+        (r"\blast week\b", lambda m: f"the week before {display_day(d)}"),
+        (r"\bnext week\b", lambda m: f"the week after {display_day(d)}"),
         (r"\blast month\b", lambda m: f"in {_month(d.year, d.month - 1)}"),
         (r"\bthis month\b", lambda m: f"in {_month(d.year, d.month)}"),
         (r"\bnext month\b", lambda m: f"in {_month(d.year, d.month + 1)}"),

@@ -21,16 +21,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from data.dates import parse_date
 from memory_agent.answer import Answer, AnswerAgent, check_retrieval
-from memory_agent.defaults import ANSWER_K, ANSWER_RETRIEVAL, MANAGER_TOP_K, WAVE_SIZE
+from memory_agent.defaults import ANSWER_K, ANSWER_RETRIEVAL, EMBEDDER_NAMES, MANAGER_TOP_K, WAVE_SIZE
 from memory_agent.errors import ConfigError, InvalidInput
-from memory_agent.extraction import Fact, Turn, extract_facts, parse_session_date
-from memory_agent.llms.base import LLM
+from memory_agent.extraction import Fact, Turn, extract_facts
+from memory_agent.llms.base import LLM, Usage, UsageReporting
 from memory_agent.llms.spec import resolve_llm
 from memory_agent.manager import AppliedChange, ManageOutcome, MemoryManager, Skipped, TurnFacts
 from memory_agent.policies import role_specs
 
-__all__ = ["Memory", "AddResult", "resolve_embedder"]
+__all__ = ["Memory", "AddResult", "EMBEDDER_NAMES", "embedder_name", "resolve_embedder"]
 
 
 @dataclass
@@ -65,16 +66,25 @@ class AddResult:
         }
 
 
+def embedder_name(spec: Any) -> Any:
+    """The canonical name of an embedder name (``minilm`` is ``default``); anything else as it is."""
+    return "default" if spec == "minilm" else spec
+
+
 def resolve_embedder(spec: Any):
-    """``default`` -> SentenceTransformerEmbedder(), ``hashing`` -> HashingEmbedder(384), or an object."""
+    """The one embedder resolver: a name of :data:`EMBEDDER_NAMES` (``None`` is ``default``) or an object.
+
+    ``default``/``minilm`` -> SentenceTransformerEmbedder(), ``hashing`` -> HashingEmbedder(384).
+    """
     from memory_store import HashingEmbedder, SentenceTransformerEmbedder
 
+    spec = embedder_name(spec)
     if spec is None or spec == "default":
         return SentenceTransformerEmbedder()
     if spec == "hashing":
         return HashingEmbedder(384)
     if isinstance(spec, str):
-        raise ConfigError(f"unknown embedder {spec!r}; use 'default' or 'hashing'")
+        raise ConfigError(f"unknown embedder {spec!r}; use one of {', '.join(EMBEDDER_NAMES)}")
     if not callable(getattr(spec, "embed", None)):
         raise ConfigError(f"not an embedder: {spec!r}")
     return spec
@@ -274,7 +284,7 @@ class Memory:
         text = (result.answer or "").strip()
         self.stats["answers"] += 1
         self.stats["answers_invalid"] += not text
-        extra = {"usage": getattr(result, "usage", None), "trajectory": getattr(result, "trajectory", None)}
+        extra = {"usage": result.usage, "trajectory": result.trajectory}
         return Answer(text, cited, records, result.answer or "", bool(text), question=question, strategy="rlm", extra=extra)
 
     # ------------------------------------------------------------ direct edits
@@ -297,9 +307,8 @@ class Memory:
     def _usage_snapshot(self) -> dict[str, dict[str, float]]:
         out = {}
         for role, llm in self._llms.items():
-            usage = getattr(llm, "usage", None)
-            if usage is not None and hasattr(usage, "as_dict"):
-                out[role] = usage.as_dict()
+            if isinstance(llm, UsageReporting) and isinstance(llm.usage, Usage):
+                out[role] = llm.usage.as_dict()
         return out
 
     def _usage_delta(self, before: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
@@ -333,7 +342,7 @@ def _iso(value: Any) -> str | None:
     """Session dates to ISO-8601 (LoCoMo's "1:56 pm on 8 May, 2023" included)."""
     if value is None:
         return None
-    when = parse_session_date(value)
+    when = parse_date(value)
     if when is None:
         raise InvalidInput(f"unreadable session timestamp {value!r}; use ISO-8601 like 2024-05-08T13:56")
     return when.isoformat()

@@ -38,7 +38,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from memory_agent.errors import InvalidModelOutput
-from memory_agent.text import content_words, stem
+from memory_agent.text import GROUNDED_SHARE, content_words, grounded_share, stem
 
 __all__ = [
     "AddOp",
@@ -133,8 +133,6 @@ def parse_operations(raw: str, n_shown: int) -> list[AddOp | UpdateOp | DeleteOp
 
 
 _WORD = re.compile(r"[a-z0-9]+")
-# Share of an operation's content words that must appear in its sources.
-GROUNDED_SHARE = 0.5
 _content, _stem = content_words, stem
 
 
@@ -188,7 +186,8 @@ def check_grounded(ops: list, facts: list[str] | tuple[str, ...], shown: list[st
                     f"UPDATE {op.id} replaces {shown[op.id]!r} with unrelated text {op.text!r}", raw
                 )
             sources |= old
-        if words and sum(w in sources for w in words) / len(words) < GROUNDED_SHARE:
+        share = grounded_share(words, sources)
+        if share is not None and share < GROUNDED_SHARE:
             raise InvalidModelOutput(f"{op.op} text is not from the given facts or memory: {op.text!r}", raw)
 
 

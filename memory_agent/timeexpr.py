@@ -22,6 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
 
+from data.dates import parse_date
+
 __all__ = ["TimeRange", "time_range"]
 
 Bounds = tuple[datetime | None, datetime | None]
@@ -54,22 +56,17 @@ class TimeRange:
 
 
 def _naive(value: object) -> datetime | None:
-    """A naive datetime from a datetime, date or ISO string; aware ones go to UTC first.
+    """A naive datetime from a datetime, date or date string (:func:`data.dates.parse_date`); aware ones go to UTC first.
 
     Memory timestamps are naive, so comparing like with like avoids TypeError.
     """
     try:
-        if isinstance(value, str):
-            value = datetime.fromisoformat(value.strip())
-        if isinstance(value, datetime):
-            if value.tzinfo is not None and value.utcoffset() is not None:
-                value = value.astimezone(timezone.utc)
-            return value.replace(tzinfo=None)
-        if isinstance(value, date):
-            return datetime.combine(value, time())
+        moment = parse_date(value) if isinstance(value, (str, date)) else None
+        if moment is not None and moment.tzinfo is not None and moment.utcoffset() is not None:
+            moment = moment.astimezone(timezone.utc)
     except (ValueError, OverflowError):
-        pass
-    return None
+        return None
+    return None if moment is None else moment.replace(tzinfo=None)
 
 
 # --- calendar spans -------------------------------------------------------

@@ -169,6 +169,45 @@ def _sweep_point(store: Any, ef: int, qs: np.ndarray, exact: list[set[int]], k: 
             "recall_at_10": round(float(np.mean(hits)), 4)}
 
 
+def _vector_search_times(store: Any, vecs: np.ndarray, qs: np.ndarray, id_arr: np.ndarray, k: int,
+                         result: dict[str, Any], say: Callable[[str], None]) -> list[set[int]]:
+    """Time vector searches against a numpy scan, query by query; fills ``result``; -> the exact top-k sets."""
+    search_t, scan_t, got, exact = [], [], [], []
+    for q in qs[:5]:  # warm-up: page in, BLAS threads up
+        store.search_vector(q, BENCH_USER, k=k)
+    # Interleaved, query by query: on a shared machine, load spikes then
+    # hit both measurements alike instead of skewing one of them.
+    for q in qs:
+        t = time.perf_counter()
+        hits = store.search_vector(q, BENCH_USER, k=k)
+        search_t.append(time.perf_counter() - t)
+        got.append([h.id for h in hits])
+        t = time.perf_counter()
+        scores = vecs @ q
+        top = np.argpartition(-scores, k - 1)[:k]
+        scan_t.append(time.perf_counter() - t)
+        exact.append(set(id_arr[top].tolist()))
+    result["search_p50_ms"] = _pct(search_t, 50)
+    result["search_p99_ms"] = _pct(search_t, 99)
+    result["numpy_scan_p50_ms"] = _pct(scan_t, 50)
+    result["search_vs_numpy_p50"] = round(result["search_p50_ms"] / max(result["numpy_scan_p50_ms"], 1e-9), 3)
+    recall = float(np.mean([len(set(g) & e) / k for g, e in zip(got, exact)]))
+    result["recall_at_10"] = round(recall, 4)
+    say(f"search p50 {result['search_p50_ms']} ms, numpy {result['numpy_scan_p50_ms']} ms, recall@10 {recall:.3f}")
+    return exact
+
+
+def _delete_times(store: Any, ids: list[int], result: dict[str, Any], say: Callable[[str], None]) -> None:
+    del_t = []
+    for mid in ids:
+        t = time.perf_counter()
+        store.delete(mid, BENCH_USER)
+        del_t.append(time.perf_counter() - t)
+    result["delete_p50_ms"] = _pct(del_t, 50)
+    result["delete_p99_ms"] = _pct(del_t, 99)
+    say(f"delete p50 {result['delete_p50_ms']} ms")
+
+
 def run_store_benchmark(n: int = 100_000, *, dim: int = 384, index: str = "flat", queries: int = 200,
                         deletes: int = 200, path: str | Path | None = None, chunk: int = 10_000,
                         ef_search: int | None = None, ef_sweep: Sequence[int] = (), seed: int = 0,
@@ -221,31 +260,8 @@ def run_store_benchmark(n: int = 100_000, *, dim: int = 384, index: str = "flat"
                 result["fts_add_cost"] = round(add_s / twin_s, 3)
 
             k = 10
-            search_t, scan_t, got = [], [], []
-            for q in qs[:5]:  # warm-up: page in, BLAS threads up
-                store.search_vector(q, BENCH_USER, k=k)
             id_arr = np.asarray(ids, dtype=np.int64)
-            exact = []
-            # Interleaved, query by query: on a shared machine, load spikes then
-            # hit both measurements alike instead of skewing one of them.
-            for q in qs:
-                t = time.perf_counter()
-                hits = store.search_vector(q, BENCH_USER, k=k)
-                search_t.append(time.perf_counter() - t)
-                got.append([h.id for h in hits])
-                t = time.perf_counter()
-                scores = vecs @ q
-                top = np.argpartition(-scores, k - 1)[:k]
-                scan_t.append(time.perf_counter() - t)
-                exact.append(set(id_arr[top].tolist()))
-            result["search_p50_ms"] = _pct(search_t, 50)
-            result["search_p99_ms"] = _pct(search_t, 99)
-            result["numpy_scan_p50_ms"] = _pct(scan_t, 50)
-            result["search_vs_numpy_p50"] = round(result["search_p50_ms"] / max(result["numpy_scan_p50_ms"], 1e-9), 3)
-            recall = float(np.mean([len(set(g) & e) / k for g, e in zip(got, exact)]))
-            result["recall_at_10"] = round(recall, 4)
-            say(f"search p50 {result['search_p50_ms']} ms, numpy {result['numpy_scan_p50_ms']} ms, "
-                f"recall@10 {recall:.3f}")
+            exact = _vector_search_times(store, vecs, qs, id_arr, k, result, say)
             result.update(_mode_times(store, qtexts, k))
             say(f"text search p50: vector {result['vector_p50_ms']} ms, keyword {result['keyword_p50_ms']} ms, "
                 f"hybrid {result['hybrid_p50_ms']} ms")
@@ -256,14 +272,7 @@ def run_store_benchmark(n: int = 100_000, *, dim: int = 384, index: str = "flat"
                     say(f"efSearch {point['ef_search']}: p50 {point['search_p50_ms']} ms, recall@10 {point['recall_at_10']}")
                 store.set_ef_search(default_ef)
 
-            del_t = []
-            for mid in rng.choice(id_arr, size=min(deletes, n), replace=False).tolist():
-                t = time.perf_counter()
-                store.delete(mid, BENCH_USER)
-                del_t.append(time.perf_counter() - t)
-            result["delete_p50_ms"] = _pct(del_t, 50)
-            result["delete_p99_ms"] = _pct(del_t, 99)
-            say(f"delete p50 {result['delete_p50_ms']} ms")
+            _delete_times(store, rng.choice(id_arr, size=min(deletes, n), replace=False).tolist(), result, say)
             t = time.perf_counter()
             store.flush()
             result["save_index_s"] = round(time.perf_counter() - t, 2)

@@ -36,7 +36,7 @@ from memory_store.filters import matching_ids, parse_filter, sql_errors, to_sql
 from memory_store.index import VectorIndex
 from memory_store.keyword import keyword_ranked, ranked_search, repair_fts
 from memory_store.records import AppliedOp, HistoryEntry, MemoryRecord, SearchHit
-from memory_store.plans import plan_apply
+from memory_store.plans import PlanAdd, PlanDelete, PlanStep, PlanUpdate, plan_apply
 from memory_store.writes import WriteMethods, sha as _sha
 from memory_store.validation import (
     check_id, check_k, check_label, check_metadata, check_mode, check_receipts, check_text, check_timestamp,
@@ -136,7 +136,7 @@ class InMemoryStore(WriteMethods):
         mid, user_id, text = check_id(memory_id), check_user(user_id), check_text(text)
         ts = check_timestamp(timestamp)
         actor, source = check_label(actor, "actor", optional=False), check_label(source, "source", optional=True)
-        self._commit(user_id, [("UPDATE", mid, text, self._embed([text])[0])], actor, source, ts)
+        self._commit(user_id, [PlanUpdate(mid, text, self._embed([text])[0])], actor, source, ts)
         return self._records[mid]
 
     def delete(self, memory_id: int, user_id: str, *, actor: str = "user",
@@ -146,7 +146,7 @@ class InMemoryStore(WriteMethods):
         actor, source = check_label(actor, "actor", optional=False), check_label(source, "source", optional=True)
         with self._lock:
             before = self._get(mid, user_id)
-            self._commit(user_id, [("DELETE", mid)], actor, source, check_timestamp(None))
+            self._commit(user_id, [PlanDelete(mid)], actor, source, check_timestamp(None))
         return before
 
     def apply(self, ops: Sequence[Any], user_id: str, *, actor: str = "agent", source: str | None = None,
@@ -170,7 +170,7 @@ class InMemoryStore(WriteMethods):
         with self._lock:
             return {k for k in keys if (user_id, k) in self._receipts}
 
-    def _commit(self, user_id: str, plan: list[tuple], actor: str, source: str | None,
+    def _commit(self, user_id: str, plan: list[PlanStep], actor: str, source: str | None,
                 ts: str) -> tuple[list[AppliedOp], dict[int, tuple]]:
         """Check every id, build the batch's changes aside, write the mirror, then publish them.
 
@@ -180,17 +180,16 @@ class InMemoryStore(WriteMethods):
         with self._lock:
             self._check_open()
             for p in plan:
-                if p[0] in ("UPDATE", "DELETE"):
-                    self._get(p[1], user_id)  # must exist before the batch, for this user
+                if isinstance(p, (PlanUpdate, PlanDelete)):
+                    self._get(p.id, user_id)  # must exist before the batch, for this user
             changed: dict[int, MemoryRecord | None] = {}  # id -> new record, None = deleted
             events: list[tuple] = []
             applied: list[AppliedOp] = []
             upserts: dict[int, np.ndarray] = {}
             last_id = self._last_id
             for p in plan:
-                kind = p[0]
-                if kind == "ADD":
-                    _, text, meta, vec, created = p
+                if isinstance(p, PlanAdd):
+                    text, meta, vec, created = p
                     last_id += 1
                     changed[last_id] = MemoryRecord.model_construct(
                         id=last_id, user_id=user_id, text=text, created_at=created, updated_at=created,
@@ -198,15 +197,15 @@ class InMemoryStore(WriteMethods):
                     events.append((last_id, "ADD", None, text, created))
                     upserts[last_id] = vec
                     applied.append(AppliedOp.model_construct(op="ADD", id=last_id, old_text=None, new_text=text))
-                elif kind == "UPDATE":
-                    _, mid, text, vec = p
+                elif isinstance(p, PlanUpdate):
+                    mid, text, vec = p
                     old = changed[mid] if mid in changed else self._records[mid]
                     changed[mid] = old.model_copy(update={"text": text, "hash": _sha(text), "updated_at": ts})
                     events.append((mid, "UPDATE", old.text, text, ts))
                     upserts[mid] = vec
                     applied.append(AppliedOp.model_construct(op="UPDATE", id=mid, old_text=old.text, new_text=text))
-                elif kind == "DELETE":
-                    mid = p[1]
+                elif isinstance(p, PlanDelete):
+                    mid = p.id
                     old = changed[mid] if mid in changed else self._records[mid]
                     changed[mid] = None
                     events.append((mid, "DELETE", old.text, None, ts))

@@ -12,7 +12,7 @@ from typing import Any
 
 from memory_store.embedders import Embedder
 
-__all__ = ["POSTGRES_PREFIXES", "is_postgres_url", "open_store", "describe_location"]
+__all__ = ["POSTGRES_PREFIXES", "is_postgres_url", "store_exists", "open_store", "describe_location"]
 
 POSTGRES_PREFIXES = ("postgresql://", "postgres://")
 
@@ -20,6 +20,19 @@ POSTGRES_PREFIXES = ("postgresql://", "postgres://")
 def is_postgres_url(location: Any) -> bool:
     """True for ``postgresql://...`` / ``postgres://...`` (a store in PostgreSQL), False for a folder path."""
     return isinstance(location, str) and location.startswith(POSTGRES_PREFIXES)
+
+
+def store_exists(location: str | Path) -> bool:
+    """Whether ``location`` already holds a store, checked without creating anything.
+
+    A folder holds one when it has the store's database file; a PostgreSQL URL always counts
+    (the server is asked when the store is opened, and says itself what is wrong).
+    """
+    if is_postgres_url(location):
+        return True
+    from memory_store.schema import DB_NAME
+
+    return (Path(location) / DB_NAME).is_file()
 
 
 def open_store(location: str | Path, embedder: Embedder | None = None, index: str | None = None, *,

@@ -1,11 +1,9 @@
 """Validated write plans: what both stores commit, built once.
 
 ``add_many`` and ``apply`` check every argument and embed every text before
-anything changes; the result is a *plan*, a list of tuples the store commits
-in one transaction (``MemoryStore._commit``, ``InMemoryStore._commit``):
-
-``("ADD", text, metadata_json, vector, created_at)`` | ``("UPDATE", id, text, vector)``
-| ``("DELETE", id)`` | ``("NOOP",)``
+anything changes; the result is a *plan*, a list of typed steps the store
+commits in one transaction (``_commit`` of each store):
+:class:`PlanAdd` | :class:`PlanUpdate` | :class:`PlanDelete` | :class:`PlanNoop`.
 
 Ids are checked against the user by the store itself, under its write lock.
 """
@@ -13,7 +11,7 @@ Ids are checked against the user by the store itself, under its write lock.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -23,10 +21,33 @@ from memory_store.validation import (
     check_label, check_metadata, check_ops, check_text, check_timestamp, check_user, check_vectors,
 )
 
-__all__ = ["Plan", "plan_add_many", "plan_apply"]
+__all__ = ["Plan", "PlanStep", "PlanAdd", "PlanUpdate", "PlanDelete", "PlanNoop", "plan_add_many", "plan_apply"]
 
+
+class PlanAdd(NamedTuple):
+    text: str
+    metadata_json: str
+    vec: np.ndarray
+    created_at: str
+
+
+class PlanUpdate(NamedTuple):
+    id: int
+    text: str
+    vec: np.ndarray
+
+
+class PlanDelete(NamedTuple):
+    id: int
+
+
+class PlanNoop(NamedTuple):
+    pass
+
+
+PlanStep = PlanAdd | PlanUpdate | PlanDelete | PlanNoop
 #: (user_id, plan, actor, source, timestamp of the batch)
-Plan = tuple[str, list[tuple], str, str | None, str]
+Plan = tuple[str, list[PlanStep], str, str | None, str]
 Embed = Callable[[list[str]], np.ndarray]
 
 
@@ -48,7 +69,7 @@ def plan_add_many(texts: Sequence[str], user_id: str, *, embeddings: Any, metada
     if n == 0:
         return None
     vecs = check_vectors(embeddings, n, dim) if embeddings is not None else embed(texts)
-    plan = [("ADD", t, m, v, s) for t, m, v, s in zip(texts, metas, vecs, stamps)]
+    plan: list[PlanStep] = [PlanAdd(t, m, v, s) for t, m, v, s in zip(texts, metas, vecs, stamps)]
     return user_id, plan, actor, source, stamps[0]
 
 
@@ -60,14 +81,14 @@ def plan_apply(ops: Sequence[Any], user_id: str, *, actor: str, source: str | No
     actor, source = check_label(actor, "actor", optional=False), check_label(source, "source", optional=True)
     parsed, texts = check_ops(ops, user_id)
     vecs = iter(embed(texts)) if texts else iter(())
-    plan: list[tuple] = []
+    plan: list[PlanStep] = []
     for op in parsed:
         if isinstance(op, Add):
-            plan.append(("ADD", op.text, check_metadata(op.metadata), next(vecs), ts))
+            plan.append(PlanAdd(op.text, check_metadata(op.metadata), next(vecs), ts))
         elif isinstance(op, Update):
-            plan.append(("UPDATE", op.id, op.text, next(vecs)))
+            plan.append(PlanUpdate(op.id, op.text, next(vecs)))
         elif isinstance(op, Delete):
-            plan.append(("DELETE", op.id))
+            plan.append(PlanDelete(op.id))
         else:
-            plan.append(("NOOP",))
+            plan.append(PlanNoop())
     return user_id, plan, actor, source, ts

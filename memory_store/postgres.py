@@ -57,6 +57,7 @@ from memory_store.errors import AlreadyApplied, EmbeddingDimensionMismatch, Inva
 from memory_store.filters import InvalidFilter, parse_filter, to_pg_sql
 from memory_store.index import HNSW_EF_SEARCH, INDEX_KINDS
 from memory_store.keyword import query_terms, ranked_search
+from memory_store.plans import PlanAdd, PlanDelete, PlanStep, PlanUpdate
 from memory_store.records import AppliedOp, HistoryEntry, MemoryRecord, SearchHit
 from memory_store.writes import WriteMethods, applied as _applied, record as _record, sha as _sha
 from memory_store.validation import (
@@ -181,7 +182,7 @@ class PostgresStore(WriteMethods):
 
     # ---- the one write path -----------------------------------------------------------
 
-    def _commit(self, user_id: str, plan: list[tuple], actor: str, source: str | None,
+    def _commit(self, user_id: str, plan: list[PlanStep], actor: str, source: str | None,
                 ts: str, receipts: Sequence[str] = ()) -> tuple[list[AppliedOp], dict[int, tuple]]:
         """Apply a validated plan (see :mod:`memory_store.plans`) in ONE transaction.
 
@@ -200,10 +201,10 @@ class PostgresStore(WriteMethods):
                         raise
                     log.info("write batch retried after %s", type(exc).__name__)
 
-    def _write(self, cur: psycopg.Cursor, user_id: str, plan: list[tuple], actor: str, source: str | None,
+    def _write(self, cur: psycopg.Cursor, user_id: str, plan: list[PlanStep], actor: str, source: str | None,
                ts: str, receipts: Sequence[str]) -> tuple[list[AppliedOp], dict[int, tuple]]:
         self._record_receipts(cur, user_id, receipts, ts)  # first, as in MemoryStore: a retried batch is AlreadyApplied
-        wanted = sorted({p[1] for p in plan if p[0] in ("UPDATE", "DELETE")})
+        wanted = sorted({p.id for p in plan if isinstance(p, (PlanUpdate, PlanDelete))})
         before: dict[int, tuple] = {}
         if wanted:  # lock in id order: two batches never wait on each other in a cycle
             for r in cur.execute(f"SELECT {_COLS} FROM memories WHERE user_id = %s AND id = ANY(%s)"
@@ -212,27 +213,26 @@ class PostgresStore(WriteMethods):
         for mid in wanted:
             if mid not in before:
                 raise MemoryNotFound(mid, user_id)
-        n_add = sum(1 for p in plan if p[0] == "ADD")
+        n_add = sum(1 for p in plan if isinstance(p, PlanAdd))
         new_ids = iter([r[0] for r in cur.execute(
             "SELECT nextval('memory_ids') AS id FROM generate_series(1, %s) ORDER BY id", [n_add])] if n_add else [])
         current = {mid: r[2] for mid, r in before.items()}
         inserts, updates, deletes, history, applied = [], [], [], [], []
         for p in plan:
-            kind = p[0]
-            if kind == "ADD":
-                _, text, meta, vec, created = p
+            if isinstance(p, PlanAdd):
+                text, meta, vec, created = p
                 mid = next(new_ids)
                 inserts.append((mid, user_id, text, created, created, meta, _sha(text), vec))
                 history.append((mid, user_id, "ADD", None, text, actor, source, created))
                 applied.append(_applied("ADD", mid, None, text))
-            elif kind == "UPDATE":
-                _, mid, text, vec = p
+            elif isinstance(p, PlanUpdate):
+                mid, text, vec = p
                 updates.append((text, _sha(text), vec, ts, mid, user_id))
                 history.append((mid, user_id, "UPDATE", current[mid], text, actor, source, ts))
                 applied.append(_applied("UPDATE", mid, current[mid], text))
                 current[mid] = text
-            elif kind == "DELETE":
-                mid = p[1]
+            elif isinstance(p, PlanDelete):
+                mid = p.id
                 deletes.append((mid, user_id))
                 history.append((mid, user_id, "DELETE", current[mid], None, actor, source, ts))
                 applied.append(_applied("DELETE", mid, current[mid], None))

@@ -18,6 +18,7 @@ from committed rows).
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -36,6 +37,7 @@ from memory_store.records import (
     AppliedOp, HistoryEntry, MemoryRecord, SearchHit,
 )
 from memory_store.keyword import fts_problem, keyword_ranked, ranked_search, repair_fts
+from memory_store.plans import PlanAdd, PlanDelete, PlanStep, PlanUpdate
 from memory_store.private import private_file, private_folder
 from memory_store.writes import WriteMethods, applied as _applied, record as _record, sha as _sha
 from memory_store.validation import (
@@ -118,8 +120,8 @@ class MemoryStore(WriteMethods):
         self.close()
 
     @contextmanager
-    def _reading(self) -> Iterator[None]:
-        """Lock + one read snapshot, with the index caught up to that snapshot."""
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        """Lock + one read snapshot (its connection), with the index caught up to that snapshot."""
         with self._lock:
             if self._closed:
                 raise StoreError("store is closed")
@@ -127,7 +129,7 @@ class MemoryStore(WriteMethods):
             conn.execute("BEGIN")
             try:
                 self._catch_up()
-                yield
+                yield conn
             finally:
                 conn.execute("COMMIT")
 
@@ -219,12 +221,11 @@ class MemoryStore(WriteMethods):
 
     # ---- the one write path -----------------------------------------------------------
 
-    def _commit(self, user_id: str, plan: list[tuple], actor: str, source: str | None,
+    def _commit(self, user_id: str, plan: list[PlanStep], actor: str, source: str | None,
                 ts: str, receipts: Sequence[str] = ()) -> tuple[list[AppliedOp], dict[int, tuple]]:
         """Apply a validated plan in one transaction, then mirror it in the index.
 
-        ``plan`` items: ("ADD", text, meta_json, vec, created_at) | ("UPDATE", id, text, vec)
-        | ("DELETE", id) | ("NOOP",). Ids are checked against ``user_id`` under the
+        ``plan``: typed steps (``memory_store.plans``). Ids are checked against ``user_id`` under the
         write lock, so a raise here rolls back everything. ``receipts`` are recorded
         in the same transaction; one already held raises ``AlreadyApplied``. Returns
         the applied ops and the rows of updated/deleted ids as they were before the batch.
@@ -239,7 +240,7 @@ class MemoryStore(WriteMethods):
             with schema.write_txn(self._db):
                 self._catch_up()
                 self._record_receipts(user_id, receipts, ts)
-                wanted = sorted({p[1] for p in plan if p[0] in ("UPDATE", "DELETE")})
+                wanted = sorted({p.id for p in plan if isinstance(p, (PlanUpdate, PlanDelete))})
                 before: dict[int, tuple] = {}
                 for part in _chunks(wanted):
                     marks = ",".join("?" * len(part))
@@ -254,24 +255,23 @@ class MemoryStore(WriteMethods):
                 next_id = int(row[0]) if row else 0
                 inserts, updates, deletes, history = [], [], [], []
                 for p in plan:
-                    kind = p[0]
-                    if kind == "ADD":
-                        _, text, meta, vec, created = p
+                    if isinstance(p, PlanAdd):
+                        text, meta, vec, created = p
                         next_id += 1
                         inserts.append((next_id, user_id, text, created, created, meta, _sha(text), vec.tobytes()))
                         history.append((next_id, user_id, "ADD", None, text, actor, source, created))
                         upserts[next_id] = vec
                         applied.append(_applied("ADD", next_id, None, text))
-                    elif kind == "UPDATE":
-                        _, mid, text, vec = p
+                    elif isinstance(p, PlanUpdate):
+                        mid, text, vec = p
                         old = current[mid]
                         updates.append((text, _sha(text), vec.tobytes(), ts, mid, user_id))
                         history.append((mid, user_id, "UPDATE", old, text, actor, source, ts))
                         current[mid] = text
                         upserts[mid] = vec
                         applied.append(_applied("UPDATE", mid, old, text))
-                    elif kind == "DELETE":
-                        mid = p[1]
+                    elif isinstance(p, PlanDelete):
+                        mid = p.id
                         deletes.append((mid, user_id))
                         history.append((mid, user_id, "DELETE", current[mid], None, actor, source, ts))
                         upserts.pop(mid, None)
@@ -289,17 +289,8 @@ class MemoryStore(WriteMethods):
                 touched = [*upserts, *removed]
                 conn.executemany("INSERT INTO changes (memory_id) VALUES (?)", [(i,) for i in touched])
                 new_seq = schema.current_seq(self._db)
-            # Committed. Mirror in the index; if that fails, force a rebuild next time.
-            try:
-                if upserts:
-                    ids = np.fromiter(upserts, dtype=np.int64, count=len(upserts))
-                    self._index.add(user_id, ids, np.stack(list(upserts.values())))
-                if removed:
-                    self._index.remove(removed)
-                self._index.seq = new_seq
-            except BaseException:
-                self._index.seq = -1
-                raise
+            # Committed. Mirror in the index (a failure there forces a rebuild next time).
+            self._mirror(new_seq, {mid: (user_id, vec) for mid, vec in upserts.items()}, removed)
             return applied, before
 
     def _record_receipts(self, user_id: str, receipts: Sequence[str], ts: str) -> None:
@@ -320,6 +311,54 @@ class MemoryStore(WriteMethods):
         return held
 
     # ---- writes --------------------------------------------------------------------
+
+    def _restore(self, rows: list[tuple], vecs: np.ndarray, history: list[tuple], all_ids: list[int]) -> None:
+        """Write an import (``transfer.prepare_import``'s rows) in one transaction, ids kept.
+
+        Refuses (``InvalidInput``) an id the store already holds, live or in history;
+        moves the id sequence past every imported id, deleted ones included.
+        """
+        with self._lock:
+            if self._closed:
+                raise StoreError("store is closed")
+            conn = self._db.conn
+            with schema.write_txn(self._db):
+                self._catch_up()
+                for part in _chunks(all_ids):
+                    marks = ",".join("?" * len(part))
+                    hit = conn.execute(f"SELECT id FROM memories WHERE id IN ({marks}) UNION ALL "
+                                       f"SELECT memory_id FROM history WHERE memory_id IN ({marks}) LIMIT 1",
+                                       [*part, *part]).fetchone()
+                    if hit is not None:
+                        raise InvalidInput(f"id {hit[0]} already exists in {self.path}; import into an empty store")
+                conn.executemany("INSERT INTO memories (id, user_id, text, created_at, updated_at, metadata, hash,"
+                                 " embedding) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                                 [(*r, vec.tobytes()) for r, vec in zip(rows, vecs)])
+                conn.executemany("INSERT INTO history (memory_id, user_id, event, old_text, new_text, actor, source,"
+                                 " at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", history)
+                conn.executemany("INSERT INTO changes (memory_id) VALUES (?)", [(r[0],) for r in rows])
+                # AUTOINCREMENT only tracks ids inserted into memories; deleted ids must not come back.
+                top = max(all_ids)
+                if conn.execute("SELECT 1 FROM sqlite_sequence WHERE name = 'memories'").fetchone() is None:
+                    conn.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('memories', ?)", [top])
+                else:
+                    conn.execute("UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = 'memories'", [top])
+                new_seq = schema.current_seq(self._db)
+            self._mirror(new_seq, {r[0]: (r[1], vecs[j]) for j, r in enumerate(rows)}, set())
+
+    def _mirror(self, new_seq: int, upserts: dict[int, tuple[str, np.ndarray]], removed: set[int]) -> None:
+        """Bring the index in step with a committed transaction; if that fails, force a rebuild next time."""
+        try:
+            for user, group in groupby(sorted(upserts.items(), key=lambda kv: kv[1][0]), key=lambda kv: kv[1][0]):
+                items = list(group)
+                self._index.add(user, np.array([mid for mid, _ in items], dtype=np.int64),
+                                np.stack([vec for _, (_, vec) in items]))
+            if removed:
+                self._index.remove(removed)
+            self._index.seq = new_seq
+        except BaseException:
+            self._index.seq = -1
+            raise
 
     def receipts(self, user_id: str, keys: Sequence[str]) -> set[str]:
         """Which of ``keys`` this user's store already holds (see :meth:`apply`)."""

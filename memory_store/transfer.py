@@ -21,8 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from memory_store import schema
-from memory_store.errors import InvalidInput, StoreError
+from memory_store.errors import InvalidInput
 from memory_store.private import open_private
 from memory_store.validation import check_metadata, check_text, check_timestamp, check_user, check_vectors
 
@@ -49,31 +48,24 @@ def export_jsonl(store: "MemoryStore", path: str | Path, *, user_id: str | None 
         params.append(check_user(user_id))
     n = 0
     tmp = Path(path).with_name(Path(path).name + ".tmp")
-    with store._lock:
-        if store._closed:
-            raise StoreError("store is closed")
-        conn = store._db.conn
-        conn.execute("BEGIN")  # one snapshot: memories and history agree
-        try:
-            with open_private(tmp, "w", encoding="utf-8") as fh:  # an export holds memories: 0600
-                for row in conn.cursor().execute(sql + " ORDER BY id", params):  # streamed, not fetchall
-                    item: dict[str, Any] = {"id": row[0], "user_id": row[1], "text": row[2], "created_at": row[3],
-                                            "updated_at": row[4], "metadata": json.loads(row[5]), "hash": row[6]}
-                    if include_history:
-                        item["history"] = [
-                            {"event": h[0], "old_text": h[1], "new_text": h[2], "actor": h[3], "source": h[4],
-                             "at": h[5]}
-                            for h in conn.execute("SELECT event, old_text, new_text, actor, source, at FROM history"
-                                                  " WHERE memory_id = ? ORDER BY id", [row[0]])]
-                    if include_embeddings:
-                        item["embedding"] = np.frombuffer(row[7], dtype=np.float32).tolist()
-                    fh.write(json.dumps(item, ensure_ascii=False) + "\n")
-                    n += 1
+    with store._reading() as conn:  # one snapshot: memories and history agree
+        with open_private(tmp, "w", encoding="utf-8") as fh:  # an export holds memories: 0600
+            for row in conn.cursor().execute(sql + " ORDER BY id", params):  # streamed, not fetchall
+                item: dict[str, Any] = {"id": row[0], "user_id": row[1], "text": row[2], "created_at": row[3],
+                                        "updated_at": row[4], "metadata": json.loads(row[5]), "hash": row[6]}
                 if include_history:
-                    for item in _deleted(conn, user_id):
-                        fh.write(json.dumps(item, ensure_ascii=False) + "\n")
-        finally:
-            conn.execute("COMMIT")
+                    item["history"] = [
+                        {"event": h[0], "old_text": h[1], "new_text": h[2], "actor": h[3], "source": h[4],
+                         "at": h[5]}
+                        for h in conn.execute("SELECT event, old_text, new_text, actor, source, at FROM history"
+                                              " WHERE memory_id = ? ORDER BY id", [row[0]])]
+                if include_embeddings:
+                    item["embedding"] = np.frombuffer(row[7], dtype=np.float32).tolist()
+                fh.write(json.dumps(item, ensure_ascii=False) + "\n")
+                n += 1
+            if include_history:
+                for item in _deleted(conn, user_id):
+                    fh.write(json.dumps(item, ensure_ascii=False) + "\n")
     tmp.replace(path)
     return n
 
@@ -177,7 +169,7 @@ def prepare_import(store: Any, path: str | Path) -> tuple[list[tuple], np.ndarra
     rows ``(memory_id, user_id, event, old_text, new_text, actor, source, at)`` and every id
     the export names (deleted memories included).
     """
-    from memory_store.store import _sha
+    from memory_store.writes import sha as _sha
 
     items, deleted = _parse(path)
     if not items and not deleted:
@@ -208,41 +200,5 @@ def import_jsonl(store: "MemoryStore", path: str | Path) -> int:
     if prepared is None:
         return 0
     mem_rows, vecs, history, all_ids = prepared
-    rows = [(*r, vec.tobytes()) for r, vec in zip(mem_rows, vecs)]
-    with store._lock:
-        if store._closed:
-            raise StoreError("store is closed")
-        conn = store._db.conn
-        with schema.write_txn(store._db):
-            store._catch_up()
-            ids = [r[0] for r in rows]
-            for start in range(0, len(all_ids), 900):
-                part = all_ids[start : start + 900]
-                marks = ",".join("?" * len(part))
-                hit = conn.execute(f"SELECT id FROM memories WHERE id IN ({marks}) UNION ALL "
-                                   f"SELECT memory_id FROM history WHERE memory_id IN ({marks}) LIMIT 1",
-                                   part + part).fetchone()
-                if hit is not None:
-                    raise InvalidInput(f"id {hit[0]} already exists in {store.path}; import into an empty store")
-            conn.executemany("INSERT INTO memories (id, user_id, text, created_at, updated_at, metadata, hash,"
-                             " embedding) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
-            conn.executemany("INSERT INTO history (memory_id, user_id, event, old_text, new_text, actor, source,"
-                             " at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", history)
-            conn.executemany("INSERT INTO changes (memory_id) VALUES (?)", [(i,) for i in ids])
-            # AUTOINCREMENT only tracks ids inserted into memories; deleted ids must not come back.
-            top = max(all_ids)
-            if conn.execute("SELECT 1 FROM sqlite_sequence WHERE name = 'memories'").fetchone() is None:
-                conn.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('memories', ?)", [top])
-            else:
-                conn.execute("UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = 'memories'", [top])
-            new_seq = schema.current_seq(store._db)
-        order = sorted(range(len(rows)), key=lambda j: rows[j][1])
-        try:
-            for user, group in groupby(order, key=lambda j: rows[j][1]):
-                js = list(group)
-                store._index.add(user, np.array([rows[j][0] for j in js], dtype=np.int64), vecs[js])
-            store._index.seq = new_seq
-        except BaseException:
-            store._index.seq = -1
-            raise
-    return len(rows)
+    store._restore(mem_rows, vecs, history, all_ids)
+    return len(mem_rows)

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from memory_store.plans import plan_add_many, plan_apply
+from memory_store.plans import PlanDelete, PlanStep, PlanUpdate, plan_add_many, plan_apply
 from memory_store.records import AppliedOp, MemoryRecord
 from memory_store.validation import check_id, check_label, check_receipts, check_text, check_timestamp, check_user
 
@@ -50,7 +50,7 @@ class WriteMethods:
     def _embed(self, texts: list[str]) -> np.ndarray:
         raise NotImplementedError
 
-    def _commit(self, user_id: str, plan: list[tuple], actor: str, source: str | None, ts: str,
+    def _commit(self, user_id: str, plan: list[PlanStep], actor: str, source: str | None, ts: str,
                 receipts: Sequence[str] = ()) -> tuple[list[AppliedOp], dict[int, tuple]]:
         raise NotImplementedError
 
@@ -78,7 +78,7 @@ class WriteMethods:
         ts = check_timestamp(timestamp)
         actor, source = check_label(actor, "actor", optional=False), check_label(source, "source", optional=True)
         vec = self._embed([text])[0]
-        _, before = self._commit(user_id, [("UPDATE", mid, text, vec)], actor, source, ts)
+        _, before = self._commit(user_id, [PlanUpdate(mid, text, vec)], actor, source, ts)
         old = before[mid]  # the new record, built from the same transaction's view
         return record((old[0], old[1], text, old[3], ts, old[5], sha(text)))
 
@@ -87,7 +87,7 @@ class WriteMethods:
         """Delete a memory; returns the record as it was."""
         mid, user_id = check_id(memory_id), check_user(user_id)
         actor, source = check_label(actor, "actor", optional=False), check_label(source, "source", optional=True)
-        _, before = self._commit(user_id, [("DELETE", mid)], actor, source, check_timestamp(None))
+        _, before = self._commit(user_id, [PlanDelete(mid)], actor, source, check_timestamp(None))
         return record(before[mid])  # read inside the deleting transaction: exactly what was deleted
 
     def apply(self, ops: Sequence[Any], user_id: str, *, actor: str = "agent", source: str | None = None,

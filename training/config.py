@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 from trl import GRPOConfig
 
-from memory_agent.defaults import ANSWER_MAX_NEW_TOKENS, MANAGER_MAX_NEW_TOKENS, MANAGER_STOP
+from memory_agent.defaults import ANSWER_MAX_NEW_TOKENS, EMBEDDER_NAMES, MANAGER_MAX_NEW_TOKENS, MANAGER_STOP
 from memory_agent.errors import ConfigError
 from training.episodes import KIND_WEIGHTS
 
@@ -35,7 +35,7 @@ __all__ = ["MemoryGRPOConfig", "TASKS", "EXTRA_FIELDS", "BANK_SOURCES", "load_co
 
 TASKS = ("manager", "answer")
 BANK_SOURCES = ("gold", "turns", "pipeline")
-EMBEDDERS = ("default", "minilm", "hashing")
+EMBEDDERS = EMBEDDER_NAMES  # the product's names, resolved by memory_agent.memory.resolve_embedder
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
 
 

@@ -24,6 +24,7 @@ from typing import Any
 from eval.scoring import best_score
 from memory_agent.answer import AnswerAgent
 from memory_agent.errors import InvalidModelOutput
+from memory_agent.llms.base import TokenCounting
 from training.episodes import GoldReplay, ManagerEpisode, check_not_dev, load_conversations, manager_episodes
 from training.rewards import ManagerScorer
 from training.validate import in_waves
@@ -53,8 +54,10 @@ def proxy_check(data: str, *, answer_model: Any = "default", limit: int | None =
     if limit is not None and len(episodes) > limit:
         episodes = random.Random(seed).sample(episodes, limit)
     llm = resolve_llm(answer_model)
-    tokenizer = getattr(llm, "tokenizer", None) or load_tokenizer(resolve_model_path("default"))
-    scorer = ManagerScorer(count_tokens=_count_tokens(tokenizer))
+    # the answer model's own counts (TokenCounting), else the embedded model's tokenizer
+    count = (llm.count_text_tokens if isinstance(llm, TokenCounting)
+             else _count_tokens(load_tokenizer(resolve_model_path("default"))))
+    scorer = ManagerScorer(count_tokens=count)
     rows, prompts, owners = [], [], []
     for e in episodes:
         for text in candidates(e):

@@ -65,7 +65,7 @@ def make_embedder(name: str):
     from memory_agent.memory import resolve_embedder
     from memory_store import CachingEmbedder
 
-    return CachingEmbedder(resolve_embedder("default" if name == "minilm" else name))
+    return CachingEmbedder(resolve_embedder(name))
 
 
 def _count_tokens(tokenizer: Any):

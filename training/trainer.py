@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from memory_agent.defaults import DEFAULT_MODEL_NAMES
 from memory_agent.errors import ModelNotFound
 from training.callbacks import MetricsCallback
 from training.config import MemoryGRPOConfig
@@ -49,8 +50,9 @@ EMBEDDED_BASE_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
 def resolve_model_path(spec: str | Path) -> Path:
-    """``default`` -> the embedded SmolLM2 safetensors folder; else an existing model folder."""
-    if str(spec) in ("default", "smollm2", EMBEDDED_BASE_NAME):
+    """``default`` (or another name of ``DEFAULT_MODEL_NAMES``) -> the embedded SmolLM2 safetensors folder;
+    else an existing model folder."""
+    if str(spec) in DEFAULT_MODEL_NAMES:
         from memory_agent.embedded import ensure_smollm2
 
         return Path(ensure_smollm2()).resolve()

@@ -3,8 +3,8 @@
 This package is the composition root: it is the only place allowed to import
 ``eval`` and ``training`` next to the library, and nothing imports it. Each
 command group lives in its own module and is imported lazily, so
-``memory-agent --help`` stays fast and a broken optional extra cannot break
-unrelated commands.
+``memory-agent --help`` stays fast and a missing optional extra cannot break
+unrelated commands; a command that needs one says which (:mod:`memory_agent.cli.manners`).
 """
 
 from __future__ import annotations
@@ -57,8 +57,14 @@ class LazyGroup(click.Group):
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="memory-agent")
-def cli() -> None:
+@click.option("-v", "--verbose", is_flag=True,
+              help="Also show the libraries' own output: model-loading progress bars and their warnings.")
+def cli(verbose: bool) -> None:
     """Long-lived memory for LLM assistants (Memory-R1 style)."""
+    if not verbose:
+        from memory_agent.cli.manners import quiet_libraries
+
+        quiet_libraries()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -76,6 +82,14 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(1)
     except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
         click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except ModuleNotFoundError as exc:  # an optional extra that is not installed: say which
+        from memory_agent.cli.manners import command_words, missing_extra_line
+
+        line = missing_extra_line(exc, command_words(cli, sys.argv[1:] if argv is None else argv))
+        if line is None:
+            raise
+        click.echo(f"error: {line}", err=True)
         sys.exit(1)
     except KeyboardInterrupt:
         click.echo("Interrupted.", err=True)

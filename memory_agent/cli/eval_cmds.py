@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 
 from memory_agent.cli.options import policy_options
-from memory_agent.defaults import ANSWER_K, ANSWER_RETRIEVAL
+from memory_agent.defaults import ANSWER_K, ANSWER_RETRIEVAL, EMBEDDER_NAMES
 from memory_store.keyword import SEARCH_MODES
 
 __all__ = ["eval_group"]
@@ -42,7 +42,7 @@ def _run_options(fn):
         click.option("--answer-model", default=None, help="Model of the Answer Agent (default --model)."),
         policy_options,
         click.option("--judge", default=None, metavar="MODEL", help="LLM-as-judge model (off by default)."),
-        click.option("--embedder", type=click.Choice(["default", "hashing"]), default="default", show_default=True),
+        click.option("--embedder", type=click.Choice(EMBEDDER_NAMES), default="default", show_default=True),
         click.option("--f1", "f1", type=click.Choice(["mem0", "locomo"]), default="mem0", show_default=True,
                      help="F1 definition reported (both are stored per question)."),
         click.option("--top-k", type=click.IntRange(min=1), default=ANSWER_K, show_default=True,
@@ -142,7 +142,7 @@ def compare_cmd(runs, out, f1, metric) -> None:
               help="Search modes to score (default: all three).")
 @click.option("--top-k", type=click.IntRange(min=1), default=ANSWER_K, show_default=True)
 @click.option("--no-time", is_flag=True, help="Turn off the time boost of questions that name a time.")
-@click.option("--embedder", type=click.Choice(["default", "hashing"]), default=None,
+@click.option("--embedder", type=click.Choice(EMBEDDER_NAMES), default=None,
               help="Embedder of the queries (default: the run's own for --memory RUN, else default).")
 def retrieval_cmd(data, split, memory, modes, top_k, no_time, embedder) -> None:
     """Score the Answer Agent's retrieval alone (no language model): evidence recall per mode, as JSON."""
@@ -159,7 +159,9 @@ def retrieval_cmd(data, split, memory, modes, top_k, no_time, embedder) -> None:
         if not run_json.is_file():
             raise click.BadParameter(f"{memory} is not an evaluation run folder (no run.json)", param_hint="--memory")
         built_with = json.loads(run_json.read_text(encoding="utf-8")).get("embedder") or "default"
-        if embedder is not None and embedder != built_with:
+        from memory_agent.memory import embedder_name
+
+        if embedder is not None and embedder_name(embedder) != embedder_name(built_with):
             raise click.BadParameter(f"{memory} was built with the {built_with!r} embedder, not {embedder!r}",
                                      param_hint="--embedder")
         embedder = built_with

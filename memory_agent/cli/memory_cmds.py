@@ -211,7 +211,7 @@ def ask(question: tuple[str, ...], strategy: str, retrieval: str, db: str, user_
         manager_model: str | None, answer_model: str | None, policy: str | None, embedder: str,
         as_json: bool) -> None:
     """Answer QUESTION from the user's memories."""
-    with open_memory(db, embedder, model, manager_model, answer_model, policy, retrieval) as mem:
+    with open_memory(db, embedder, model, manager_model, answer_model, policy, retrieval, must_exist=True) as mem:
         ans = mem.answer(" ".join(question), user_id=user_id, strategy=strategy)
     if as_json:
         emit_json({"answer": ans.text, "valid": ans.valid, "raw": ans.raw,
@@ -245,7 +245,7 @@ def search(query: tuple[str, ...], k: int, retrieval: str, filter_json: str | No
         filters = json.loads(filter_json) if filter_json else None
     except json.JSONDecodeError as exc:
         raise click.BadParameter(f"not JSON: {exc}", param_hint="--filter") from None
-    with open_memory(db, embedder) as mem:
+    with open_memory(db, embedder, must_exist=True) as mem:
         hits = mem.search(" ".join(query), user_id=user_id, k=k, mode=retrieval, filters=filters)
     if as_json:
         emit_json([{"id": h.id, "score": round(h.score, 4), "text": h.text, "updated_at": h.updated_at,
@@ -265,7 +265,7 @@ def search(query: tuple[str, ...], k: int, retrieval: str, filter_json: str | No
 @json_option
 def history(memory_id: int, db: str, user_id: str, embedder: str, as_json: bool) -> None:
     """Show every change of one memory (which turn added, updated or deleted it)."""
-    with open_memory(db, embedder) as mem:
+    with open_memory(db, embedder, must_exist=True) as mem:
         events = mem.history(memory_id, user_id=user_id)
     if as_json:
         emit_json([e.model_dump() for e in events])
@@ -284,7 +284,7 @@ def info(db: str, user_id: str, embedder: str, as_json: bool) -> None:
     """Store statistics and where the embedded models are."""
     from memory_agent import embedded
 
-    with open_memory(db, embedder) as mem:
+    with open_memory(db, embedder, must_exist=True) as mem:
         stats = dict(mem.store.stats())
         stats["user"] = user_id
         stats["user_memories"] = mem.store.count(user_id)

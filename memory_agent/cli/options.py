@@ -14,6 +14,8 @@ from typing import Any
 
 import click
 
+from memory_agent.defaults import EMBEDDER_NAMES
+
 __all__ = [
     "db_option",
     "user_option",
@@ -21,6 +23,7 @@ __all__ = [
     "embedder_option",
     "json_option",
     "open_memory",
+    "require_store",
     "policy_value",
     "policy_options",
     "retrieval_option",
@@ -40,7 +43,7 @@ db_option = click.option(
 user_option = click.option("--user", "user_id", default="default", show_default=True, help="Whose memories.")
 embedder_option = click.option(
     "--embedder",
-    type=click.Choice(["default", "hashing"]),
+    type=click.Choice(EMBEDDER_NAMES),
     default="default",
     show_default=True,
     help="default = embedded all-MiniLM-L6-v2; hashing = fast, no model (tests).",
@@ -88,9 +91,26 @@ def model_options(f: Callable) -> Callable:
     return f
 
 
+def require_store(db: str) -> None:
+    """Read commands only: fail with one line, creating nothing, when ``db`` holds no store (a mistyped
+    ``--db`` must not become a new empty store). Write commands (add, chat, demo, serve) create it."""
+    from memory_store.opening import describe_location, store_exists
+
+    if not store_exists(db):
+        from memory_agent.errors import ConfigError
+
+        raise ConfigError(f"no memory store at {describe_location(db)}; check --db (or $MEMORY_AGENT_DB), "
+                          "or create one with `memory-agent add`")
+
+
 def open_memory(db: str, embedder: str, model: str = "default", manager_model: str | None = None,
-                answer_model: str | None = None, policy: str | None = "default", retrieval: str = "hybrid") -> Any:
+                answer_model: str | None = None, policy: str | None = "default", retrieval: str = "hybrid", *,
+                must_exist: bool = False) -> Any:
+    """A :class:`~memory_agent.Memory` on ``--db``; ``must_exist=True`` for commands that only read it."""
     from memory_agent.memory import Memory
+
+    if must_exist:
+        require_store(db)
 
     return Memory.open(db, llm=model, embedder=embedder, manager_llm=manager_model, answer_llm=answer_model,
                        policy=policy_value(policy), retrieval=retrieval)

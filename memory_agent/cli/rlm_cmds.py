@@ -22,8 +22,10 @@ __all__ = ["rlm", "load_context_file", "load_memory_bank"]
 
 def load_memory_bank(db: str, user_id: str) -> list[dict]:
     """The user's memories as ``{"id", "time", "text"}`` dicts, oldest first."""
+    from memory_agent.cli.options import require_store
     from memory_store import open_store
 
+    require_store(db)
     store = open_store(db)  # no embedder: the store keeps the dimension it was built with
     try:
         return [{"id": r.id, "time": str(r.created_at), "text": r.text} for r in store.list(user_id)]

@@ -20,8 +20,10 @@ __all__ = ["migrate"]
 @json_option
 def migrate(source: str, target: str, index: str | None, as_json: bool) -> None:
     """Copy every memory with its id, times, metadata, embedding and history into another store."""
+    from memory_agent.cli.options import require_store
     from memory_store.migrate import migrate_store
 
+    require_store(source)
     summary = migrate_store(source, target, index=index)
     if as_json:
         emit_json(summary)

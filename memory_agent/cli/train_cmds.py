@@ -22,6 +22,8 @@ from typing import Any
 
 import click
 
+from memory_agent.defaults import EMBEDDER_NAMES
+
 __all__ = ["train"]
 
 
@@ -57,7 +59,7 @@ def _stage_options(f: Callable) -> Callable:
         click.option("--bank-source", type=click.Choice(["gold", "turns", "pipeline"]), default=None,
                      help="How earlier turns become the bank (default: gold, the data's own facts and edits)."),
         click.option("--manager-model", default=None, help="The manager of --bank-source pipeline."),
-        click.option("--embedder", type=click.Choice(["default", "minilm", "hashing"]), default=None),
+        click.option("--embedder", type=click.Choice(EMBEDDER_NAMES), default=None),
         click.option("--reward", "reward_metric", type=click.Choice(["f1", "em"]), default=None,
                      help="Answer reward metric (default f1: partial credit)."),
         click.option("--max-episodes", type=int, default=None, help="At most N GRPO episodes."),
@@ -224,7 +226,7 @@ def _stages_in_parallel(out: Path, threads: int, device: str | None) -> dict[str
                    "'shipped' or 'default' (the packaged adapter), or a model/adapter folder.")
 @click.option("--data", required=True, help="Held-out data spec (never the training data).")
 @click.option("--limit", type=int, default=None, help="At most N episodes (seeded sample).")
-@click.option("--embedder", type=click.Choice(["default", "minilm", "hashing"]), default="default")
+@click.option("--embedder", type=click.Choice(EMBEDDER_NAMES), default="default")
 @click.option("--out", "out_file", type=click.Path(dir_okay=False), default=None, help="Write the reports as JSON.")
 def score(task, policies, data, limit, embedder, out_file):
     """Greedy validation of policies on the same held-out episodes, with paired bootstrap intervals."""
@@ -241,7 +243,7 @@ def score(task, policies, data, limit, embedder, out_file):
 @click.option("--data", required=True, help="Held-out data spec (e.g. synthetic:8:7+locomo:val).")
 @click.option("--answer-model", default="default", help="The Answer Agent whose F1 the dense reward stands in for.")
 @click.option("--limit", type=int, default=40, show_default=True, help="At most N episodes.")
-@click.option("--embedder", type=click.Choice(["default", "minilm", "hashing"]), default="default")
+@click.option("--embedder", type=click.Choice(EMBEDDER_NAMES), default="default")
 @click.option("--out", "out_file", type=click.Path(dir_okay=False), default=None, help="Write every pair as JSON.")
 def proxy(data, answer_model, limit, embedder, out_file):
     """Is the dense manager reward faithful? Its rank correlation with the Answer Agent's F1."""

@@ -9,12 +9,26 @@ Backends import torch/httpx lazily so ``import memory_agent.llms`` is cheap.
 
 from __future__ import annotations
 
-from memory_agent.llms.base import LLM, Usage, truncate_at_stop
+from memory_agent.llms.base import (
+    LLM,
+    TokenCounting,
+    Usage,
+    UsageReporting,
+    approx_tokens,
+    prompt_tokens,
+    text_tokens,
+    truncate_at_stop,
+)
 from memory_agent.llms.scripted import ScriptedLLM, ScriptExhausted
 
 __all__ = [
     "LLM",
     "Usage",
+    "TokenCounting",
+    "UsageReporting",
+    "approx_tokens",
+    "prompt_tokens",
+    "text_tokens",
     "truncate_at_stop",
     "ScriptedLLM",
     "ScriptExhausted",

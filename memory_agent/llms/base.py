@@ -1,5 +1,12 @@
 """The LLM protocol every backend implements, and the token-usage record.
 
+``generate`` is the one method every backend has. What some backends can also
+do is declared, not probed: :class:`TokenCounting` (a backend that knows its
+tokenizer counts prompt and text tokens and states its context window) and
+:class:`UsageReporting` (a ``usage`` record of tokens and time). Code asks
+``isinstance(llm, TokenCounting)``; a backend without a tokenizer is budgeted
+with :func:`approx_tokens`, the one characters-per-token estimate.
+
 One method, batched: the pipeline's speed on a CPU comes from generating many
 conversations in one call, so the protocol takes a batch of chat
 conversations (lists of ``{"role", "content"}`` dicts) and returns one string
@@ -12,7 +19,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Protocol, runtime_checkable
 
-__all__ = ["LLM", "Messages", "Usage", "truncate_at_stop"]
+__all__ = ["LLM", "Messages", "Usage", "TokenCounting", "UsageReporting", "approx_tokens", "text_tokens",
+           "prompt_tokens", "truncate_at_stop"]
 
 Messages = list[dict[str, str]]
 
@@ -43,6 +51,48 @@ class Usage:
 
     def __getitem__(self, key: str):  # dict-style access: llm.usage["completion_tokens"]
         return getattr(self, key)
+
+
+@runtime_checkable
+class TokenCounting(Protocol):
+    """A backend that counts tokens with its own tokenizer (prompts are budgeted with these counts)."""
+
+    #: The model's context length in tokens, None when the backend cannot tell.
+    context_window: int | None
+
+    def count_tokens(self, messages: Messages) -> int:
+        """Prompt length in tokens, as the model will see ``messages`` (chat template included)."""
+        ...
+
+    def count_text_tokens(self, text: str) -> int:
+        """Tokens of plain ``text`` (no special tokens)."""
+        ...
+
+
+@runtime_checkable
+class UsageReporting(Protocol):
+    """A backend that accumulates its token and time counters in ``usage``."""
+
+    usage: Usage
+
+
+def approx_tokens(text: str) -> int:
+    """Tokens of ``text`` for a backend that does not count them: ~4 characters a token (English), at least 1."""
+    return len(text) // 4 + 1
+
+
+def text_tokens(llm: object, text: str) -> int:
+    """Tokens of plain ``text``: the backend's count (:class:`TokenCounting`), else :func:`approx_tokens`."""
+    if isinstance(llm, TokenCounting):
+        return llm.count_text_tokens(text)
+    return approx_tokens(text)
+
+
+def prompt_tokens(llm: object, messages: Messages) -> int:
+    """Prompt tokens of ``messages``: the backend's count, else :func:`approx_tokens` of their contents."""
+    if isinstance(llm, TokenCounting):
+        return int(llm.count_tokens(messages))
+    return approx_tokens("".join(m["content"] for m in messages))
 
 
 def truncate_at_stop(text: str, stop: list[str] | None) -> str:

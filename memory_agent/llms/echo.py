@@ -25,6 +25,7 @@ _SHOWN = re.compile(r"^\[0\] (.*)$", re.MULTILINE)
 
 class EchoLLM:
     name = "echo"
+    usage: Usage  # UsageReporting (calls and seconds); no tokenizer, so not TokenCounting
 
     def __init__(self, delay: float = 0.0) -> None:
         self.delay = delay

@@ -25,6 +25,12 @@ _RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 
 
 class OpenAICompatibleLLM:
+    """An ``/v1/chat/completions`` server: :class:`~memory_agent.llms.base.LLM` and ``UsageReporting``
+    (the server's own token counts). It has no tokenizer, so it is not ``TokenCounting``:
+    prompts are budgeted with :func:`~memory_agent.llms.base.approx_tokens`."""
+
+    usage: Usage
+
     def __init__(
         self,
         model: str,

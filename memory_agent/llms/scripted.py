@@ -23,6 +23,11 @@ class ScriptExhausted(BackendError):
 
 
 class ScriptedLLM:
+    """Canned replies, in order (the test double): ``LLM`` and ``UsageReporting`` (calls only);
+    no tokenizer, so not ``TokenCounting``."""
+
+    usage: Usage
+
     def __init__(self, replies: Iterable[Reply] = (), default: Reply | None = None):
         self.replies: deque[Reply] = deque(replies)
         self.default = default

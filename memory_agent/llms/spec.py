@@ -1,6 +1,7 @@
 """Turn a model spec string into an LLM, loading each model once per process.
 
-Specs: ``default`` (embedded SmolLM2), a model folder or LoRA adapter folder,
+Specs: ``default`` (embedded SmolLM2; also ``smollm2`` and the other names of
+:data:`memory_agent.defaults.DEFAULT_MODEL_NAMES`), a model folder or LoRA adapter folder,
 a ``.gguf`` file, ``openai:MODEL@http://host:port/v1``, ``scripted:FILE.json``
 (canned replies, for reproducible demos and CLI tests), ``echo`` (a
 deterministic rule-following model for service tests and benchmarks), or any object that
@@ -15,6 +16,7 @@ import threading
 from pathlib import Path
 from typing import Any, Callable
 
+from memory_agent.defaults import DEFAULT_MODEL_NAMES
 from memory_agent.errors import ConfigError, ModelNotFound
 from memory_agent.llms.base import LLM
 
@@ -96,8 +98,8 @@ _lock = threading.Lock()
 
 
 def _backend_for(spec: str) -> tuple[str, str]:
-    if spec == "default":
-        return "default", spec
+    if spec in DEFAULT_MODEL_NAMES:  # one cache entry for every name of the embedded model
+        return "default", "default"
     if spec == "echo" or spec.startswith("echo:"):
         return "echo", spec
     if spec.startswith("openai:"):

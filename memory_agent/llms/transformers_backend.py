@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from memory_agent.defaults import DEFAULT_MODEL_NAMES
 from memory_agent.errors import BackendError, ModelNotFound
 from memory_agent.llms.base import Usage, truncate_at_stop
 
@@ -27,7 +28,7 @@ __all__ = ["TransformersLLM", "pick_device", "set_cpu_threads"]
 
 # Hub ids that mean "the embedded SmolLM2" when an adapter names its base:
 # offline, we resolve them to the converted local copy instead of the hub.
-_SMOLLM2_IDS = {"HuggingFaceTB/SmolLM2-135M-Instruct", "default", "smollm2", "smollm2-135m-instruct"}
+_SMOLLM2_IDS = frozenset(DEFAULT_MODEL_NAMES)
 
 
 def _cache_kwarg() -> str:
@@ -128,7 +129,9 @@ def _resolve_base(name: str) -> str:
 
 
 class TransformersLLM:
-    """A local causal LM implementing the :class:`~memory_agent.llms.LLM` protocol."""
+    """A local causal LM: ``LLM``, ``TokenCounting`` (its tokenizer) and ``UsageReporting``."""
+
+    usage: Usage
 
     def __init__(
         self,
@@ -247,9 +250,25 @@ class TransformersLLM:
         text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
         return self.tokenizer(text)["input_ids"]
 
+    # ------------------------------------------------------- TokenCounting
     def count_tokens(self, messages: list[dict[str, str]]) -> int:
         """Prompt length in tokens, as the model will see it (prompts are budgeted with this)."""
         return len(self._encode_prompt(messages))
+
+    def count_text_tokens(self, text: str) -> int:
+        """Tokens of plain text, no special tokens (the Answer Agent budgets memory lines with this)."""
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    @property
+    def context_window(self) -> int | None:
+        """The model's context length: its config's ``max_position_embeddings``, else the tokenizer's limit."""
+        n = getattr(getattr(self.model, "config", None), "max_position_embeddings", None)
+        if isinstance(n, int) and n > 0:
+            return n
+        n = getattr(self.tokenizer, "model_max_length", None)
+        if isinstance(n, int) and 0 < n < 10_000_000:
+            return n
+        return None
 
     def generate(
         self,

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from memory_agent.errors import BackendError, BudgetExceeded, InvalidInput, MemoryAgentError, SandboxError
+from memory_agent.llms.base import Usage, UsageReporting
 from memory_agent.rlm import prompts, strategies
 from memory_agent.rlm.sandbox import Sandbox, SandboxConfig
 
@@ -434,7 +435,8 @@ class RecursiveRetriever:
 
 
 def _generate(llm, conversations: list, max_new_tokens: int, budget: _Budget) -> list[str]:
-    usage = getattr(llm, "usage", None)
+    # a backend's own token count where it reports usage (UsageReporting); else none
+    usage = llm.usage if isinstance(llm, UsageReporting) and isinstance(llm.usage, Usage) else None
     before = _backend_tokens(usage)
     out = llm.generate(conversations, max_new_tokens=max_new_tokens, temperature=0.0)
     after = _backend_tokens(usage)
@@ -449,11 +451,8 @@ def _generate(llm, conversations: list, max_new_tokens: int, budget: _Budget) ->
     return out
 
 
-def _backend_tokens(usage) -> int | None:
-    try:
-        return int(usage.prompt_tokens) + int(usage.completion_tokens)
-    except (AttributeError, TypeError, ValueError):
-        return None
+def _backend_tokens(usage: Usage | None) -> int | None:
+    return None if usage is None else int(usage.prompt_tokens) + int(usage.completion_tokens)
 
 
 def _cited_ids(ctx, traj: list, answer: str) -> list:

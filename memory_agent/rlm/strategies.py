@@ -34,6 +34,9 @@ __all__ = [
 
 RECORD_MARKER = re.compile(r"\[#(-?\d+)[ \]]")
 
+# A copy of memory_agent.text.QUESTION_STOP_WORDS: this module runs inside the sandbox
+# worker, which is stdlib-only and loaded by path, so it cannot import memory_agent.
+# tests/test_one_home.py holds the two equal (edit both or neither).
 STOPWORDS = frozenset(
     """a an the and or but if then else of to in on at by for with from about into over after before
     is are was were be been being am do does did doing have has had having can could should would will

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Header, Query, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
@@ -103,6 +103,95 @@ async def _tenant(request: Request, creds: Annotated[HTTPAuthorizationCredential
 Tenant = Annotated[str, Depends(_tenant)]
 
 
+async def _service(request: Request) -> Service:
+    return request.app.state.service
+
+
+Svc = Annotated[Service, Depends(_service)]
+v1 = APIRouter(prefix="/v1")
+
+
+@v1.post("/users/{user}/turns", status_code=202, response_model=JobAccepted | JobOut)
+def add_turns(user: str, body: TurnsIn, t: Tenant, service: Svc, response: Response, wait: bool = False,
+              idempotency_key: Annotated[str | None, Header(max_length=200)] = None) -> Any:
+    """Queue turns for ingestion (202 + job id); ``wait=true`` answers with the finished job."""
+    if idempotency_key is not None:
+        if body.idempotency_key not in (None, idempotency_key):
+            raise InvalidInput("the Idempotency-Key header and the body's idempotency_key differ")
+        body = body.model_copy(update={"idempotency_key": idempotency_key})
+    job, created = service.add_turns(t, user, body, wait=wait)
+    if wait:
+        response.status_code = 200 if job.status in ("done", "failed") else 202
+        return job
+    return JobAccepted(job_id=job.job_id, status=job.status, duplicate=not created)
+
+
+@v1.get("/jobs/{job_id}", response_model=JobOut)
+def get_job(job_id: str, t: Tenant, service: Svc) -> JobOut:
+    return service.job(t, job_id)
+
+
+@v1.get("/users/{user}/jobs", response_model=list[JobOut])
+def user_jobs(user: str, t: Tenant, service: Svc, limit: Annotated[int, Query(ge=1, le=500)] = 50) -> list[JobOut]:
+    return service.job_list(t, user, limit)
+
+
+@v1.post("/users/{user}/search", response_model=list[HitOut])
+def search(user: str, body: SearchIn, t: Tenant, service: Svc) -> list[HitOut]:
+    return service.search(t, user, body)
+
+
+@v1.post("/users/{user}/answer", response_model=AnswerOut)
+def answer(user: str, body: AnswerIn, t: Tenant, service: Svc) -> AnswerOut:
+    return service.answer(t, user, body)
+
+
+@v1.get("/users/{user}/memories", response_model=list[MemoryOut])
+def memories(user: str, t: Tenant, service: Svc) -> list[MemoryOut]:
+    return service.memories(t, user)
+
+
+@v1.get("/users/{user}/memories/{memory_id}", response_model=MemoryOut)
+def get_memory(user: str, memory_id: int, t: Tenant, service: Svc) -> MemoryOut:
+    return service.get(t, user, memory_id)
+
+
+@v1.patch("/users/{user}/memories/{memory_id}", response_model=MemoryOut)
+def update_memory(user: str, memory_id: int, body: UpdateIn, t: Tenant, service: Svc) -> MemoryOut:
+    return service.update(t, user, memory_id, body.text)
+
+
+@v1.delete("/users/{user}/memories/{memory_id}", response_model=MemoryOut)
+def delete_memory(user: str, memory_id: int, t: Tenant, service: Svc) -> MemoryOut:
+    return service.delete(t, user, memory_id)
+
+
+@v1.get("/users/{user}/memories/{memory_id}/history", response_model=list[HistoryOut])
+def history(user: str, memory_id: int, t: Tenant, service: Svc) -> list[HistoryOut]:
+    return service.history(t, user, memory_id)
+
+
+@v1.get("/users", response_model=list[UserOut])
+def users(t: Tenant, service: Svc) -> list[UserOut]:
+    return service.users(t)
+
+
+@v1.get("/stats", response_model=StatsOut)
+def stats(t: Tenant, service: Svc) -> StatsOut:
+    return service.stats(t)
+
+
+@v1.get("/users/{user}/export", response_class=PlainTextResponse)
+def export(user: str, t: Tenant, service: Svc) -> PlainTextResponse:
+    return PlainTextResponse(service.export(t, user), media_type="application/x-ndjson")
+
+
+def _typed_error(request: Request, exc: MemoryAgentError) -> JSONResponse:
+    code = _status(exc)
+    headers = {"WWW-Authenticate": "Bearer"} if code == 401 else None
+    return JSONResponse({"detail": str(exc), "error": type(exc).__name__}, code, headers=headers)
+
+
 def create_app(service: Service, *, mcp_app: Any = None, page: bool = False) -> FastAPI:
     """The ASGI app; ``mcp_app`` (from ``mcp_server.http_app``) is mounted at ``/mcp``."""
 
@@ -117,14 +206,8 @@ def create_app(service: Service, *, mcp_app: Any = None, page: bool = False) -> 
 
     app = FastAPI(title="memory-agent", version="1", description="Long-lived memory for LLM assistants.",
                   lifespan=lifespan)
-
     app.state.service = service
-
-    @app.exception_handler(MemoryAgentError)
-    def _typed(request: Request, exc: MemoryAgentError) -> JSONResponse:
-        code = _status(exc)
-        headers = {"WWW-Authenticate": "Bearer"} if code == 401 else None
-        return JSONResponse({"detail": str(exc), "error": type(exc).__name__}, code, headers=headers)
+    app.add_exception_handler(MemoryAgentError, _typed_error)
 
     @app.get("/healthz")
     def healthz() -> dict:
@@ -136,68 +219,7 @@ def create_app(service: Service, *, mcp_app: Any = None, page: bool = False) -> 
         return JSONResponse({"ready": all(v for k, v in state.items() if k != "open_jobs"), **state},
                             200 if state["worker"] else 503)
 
-    @app.post("/v1/users/{user}/turns", status_code=202, response_model=JobAccepted | JobOut)
-    def add_turns(user: str, body: TurnsIn, t: Tenant, response: Response, wait: bool = False,
-                  idempotency_key: Annotated[str | None, Header(max_length=200)] = None) -> Any:
-        """Queue turns for ingestion (202 + job id); ``wait=true`` answers with the finished job."""
-        if idempotency_key is not None:
-            if body.idempotency_key not in (None, idempotency_key):
-                raise InvalidInput("the Idempotency-Key header and the body's idempotency_key differ")
-            body = body.model_copy(update={"idempotency_key": idempotency_key})
-        job, created = service.add_turns(t, user, body, wait=wait)
-        if wait:
-            response.status_code = 200 if job.status in ("done", "failed") else 202
-            return job
-        return JobAccepted(job_id=job.job_id, status=job.status, duplicate=not created)
-
-    @app.get("/v1/jobs/{job_id}", response_model=JobOut)
-    def get_job(job_id: str, t: Tenant) -> JobOut:
-        return service.job(t, job_id)
-
-    @app.get("/v1/users/{user}/jobs", response_model=list[JobOut])
-    def user_jobs(user: str, t: Tenant, limit: Annotated[int, Query(ge=1, le=500)] = 50) -> list[JobOut]:
-        return service.job_list(t, user, limit)
-
-    @app.post("/v1/users/{user}/search", response_model=list[HitOut])
-    def search(user: str, body: SearchIn, t: Tenant) -> list[HitOut]:
-        return service.search(t, user, body)
-
-    @app.post("/v1/users/{user}/answer", response_model=AnswerOut)
-    def answer(user: str, body: AnswerIn, t: Tenant) -> AnswerOut:
-        return service.answer(t, user, body)
-
-    @app.get("/v1/users/{user}/memories", response_model=list[MemoryOut])
-    def memories(user: str, t: Tenant) -> list[MemoryOut]:
-        return service.memories(t, user)
-
-    @app.get("/v1/users/{user}/memories/{memory_id}", response_model=MemoryOut)
-    def get_memory(user: str, memory_id: int, t: Tenant) -> MemoryOut:
-        return service.get(t, user, memory_id)
-
-    @app.patch("/v1/users/{user}/memories/{memory_id}", response_model=MemoryOut)
-    def update_memory(user: str, memory_id: int, body: UpdateIn, t: Tenant) -> MemoryOut:
-        return service.update(t, user, memory_id, body.text)
-
-    @app.delete("/v1/users/{user}/memories/{memory_id}", response_model=MemoryOut)
-    def delete_memory(user: str, memory_id: int, t: Tenant) -> MemoryOut:
-        return service.delete(t, user, memory_id)
-
-    @app.get("/v1/users/{user}/memories/{memory_id}/history", response_model=list[HistoryOut])
-    def history(user: str, memory_id: int, t: Tenant) -> list[HistoryOut]:
-        return service.history(t, user, memory_id)
-
-    @app.get("/v1/users", response_model=list[UserOut])
-    def users(t: Tenant) -> list[UserOut]:
-        return service.users(t)
-
-    @app.get("/v1/stats", response_model=StatsOut)
-    def stats(t: Tenant) -> StatsOut:
-        return service.stats(t)
-
-    @app.get("/v1/users/{user}/export", response_class=PlainTextResponse)
-    def export(user: str, t: Tenant) -> PlainTextResponse:
-        return PlainTextResponse(service.export(t, user), media_type="application/x-ndjson")
-
+    app.include_router(v1)
     if page:
         from memory_agent.service.page import mount_page
 

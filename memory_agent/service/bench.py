@@ -281,6 +281,27 @@ def _seed(server: _Server, users: list[str], per_user: int, rng: random.Random) 
     return texts
 
 
+def _check_turns(server: Any, names: list[str], acked: list[str], unacked: list[str],
+                 seeded: set[str]) -> dict[str, Any]:
+    """Every acknowledged turn among the memories exactly once: counted by text over every user."""
+    seen: Counter[str] = Counter()
+    for user in names:
+        seen.update(m.text for m in server.service.memories(server.tenant, user))
+    lost = sorted(t for t in acked if seen[t] == 0)
+    duplicated = sorted(t for t in acked if seen[t] > 1) + sorted(t for t in unacked if seen[t] > 1)
+    known = set(acked) | set(unacked) | seeded
+    return {
+        "acknowledged": len(acked),
+        "applied": sum(1 for t in acked if seen[t] >= 1),
+        "lost": len(lost),
+        "duplicated": len(duplicated),
+        "unacknowledged_sent": len(unacked),
+        "unexpected_memories": sum(1 for t in seen if t not in known),
+        "examples_lost": lost[:3],
+        "examples_duplicated": duplicated[:3],
+    }
+
+
 def run_serve_bench(clients: int = 32, seconds: float = 30.0, turn_ratio: float = 0.2, *, users: int = 8,
                     seed_memories: int = 50, drain_timeout: float = 300.0, folder: str | Path | None = None, seed: int = 0) -> dict[str, Any]:
     """Run the load test (see the module docstring) and return its report."""
@@ -305,17 +326,7 @@ def run_serve_bench(clients: int = 32, seconds: float = 30.0, turn_ratio: float 
         drained = server.drain(drain_timeout)
         drain_s = time.perf_counter() - t_drain
 
-        # every memory of every user, counted by text
-        seen: Counter[str] = Counter()
-        for user in names:
-            seen.update(m.text for m in server.service.memories(server.tenant, user))
-        acked, unacked = load["acked"], load["unacked"]
-        applied = sum(1 for t in acked if seen[t] >= 1)
-        lost = sorted(t for t in acked if seen[t] == 0)
-        duplicated = sorted(t for t in acked if seen[t] > 1)
-        duplicated += sorted(t for t in unacked if seen[t] > 1)
-        known = set(acked) | set(unacked) | seeded
-        unexpected = sorted(t for t in seen if t not in known)
+        turns = _check_turns(server, names, load["acked"], load["unacked"], seeded)
         jobs = server.service.jobs.counts(server.tenant)
     finally:
         server.stop()
@@ -346,16 +357,7 @@ def run_serve_bench(clients: int = 32, seconds: float = 30.0, turn_ratio: float 
         "search_hits_per_request": round(load["hits"] / len(search_s), 2) if search_s else None,
         "errors": n_errors,
         "errors_by_kind": errors,
-        "turns": {
-            "acknowledged": len(acked),
-            "applied": applied,
-            "lost": len(lost),
-            "duplicated": len(duplicated),
-            "unacknowledged_sent": len(unacked),
-            "unexpected_memories": len(unexpected),
-            "examples_lost": lost[:3],
-            "examples_duplicated": duplicated[:3],
-        },
+        "turns": turns,
         "drained": drained,
         "drain_s": round(drain_s, 2),
         "jobs": jobs,
@@ -369,7 +371,8 @@ def run_serve_bench(clients: int = 32, seconds: float = 30.0, turn_ratio: float 
         },
         "model": "echo",
         "embedder": "hashing",
-        "ok": n_errors == 0 and not lost and not duplicated and drained and jobs.get("failed", 0) == 0,
+        "ok": n_errors == 0 and not turns["lost"] and not turns["duplicated"] and drained
+        and jobs.get("failed", 0) == 0,
     }
 
 

@@ -26,8 +26,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from data.dates import parse_date
 from memory_agent.errors import ConfigError, InvalidInput, JobNotFound, MemoryAgentError, MemoryNotFound, Unauthorized
-from memory_agent.extraction import parse_session_date
 from memory_agent.memory import Memory
 from memory_agent.service.db import open_service_db
 from memory_agent.service.jobs import Job, JobQueue, JobWorker
@@ -111,7 +111,7 @@ class Service:
         self.store_user(tenant, user)
         sessions = body.session_list()
         for s in sessions:  # found now, not in the worker: a bad date is this request's 422
-            if s.timestamp is not None and parse_session_date(s.timestamp) is None:
+            if s.timestamp is not None and parse_date(s.timestamp) is None:
                 raise InvalidInput(f"unreadable timestamp {s.timestamp!r}; use ISO-8601 like 2024-05-08T13:56")
         if wait and body.n_turns() > WAIT_MAX_TURNS:
             raise InvalidInput(f"wait=true is for requests of at most {WAIT_MAX_TURNS} turns; "
