@@ -27,14 +27,8 @@ Messages = list[dict[str, str]]
 
 @runtime_checkable
 class LLM(Protocol):
-    def generate(
-        self,
-        batch: list[list[dict[str, str]]],
-        *,
-        max_new_tokens: int = 256,
-        temperature: float = 0.0,
-        stop: list[str] | None = None,
-    ) -> list[str]: ...
+    def generate(self, batch: list[Messages], *, max_new_tokens: int = 256, temperature: float = 0.0,
+                 stop: list[str] | None = None) -> list[str]: ...
 
 
 @dataclass

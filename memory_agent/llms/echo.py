@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 import time
 
-from memory_agent.llms.base import Usage, truncate_at_stop
+from memory_agent.llms.base import Messages, Usage, truncate_at_stop
 from memory_agent.prompts import ANSWER_MARKER, ANSWER_SYSTEM, EXTRACT_SYSTEM, MANAGER_SYSTEM
 
 __all__ = ["EchoLLM"]
@@ -31,7 +31,7 @@ class EchoLLM:
         self.delay = delay
         self.usage = Usage()
 
-    def generate(self, batch: list[list[dict[str, str]]], *, max_new_tokens: int = 256, temperature: float = 0.0,
+    def generate(self, batch: list[Messages], *, max_new_tokens: int = 256, temperature: float = 0.0,
                  stop: list[str] | None = None) -> list[str]:
         self.usage.calls += 1
         if self.delay:

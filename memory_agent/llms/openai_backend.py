@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 
 from memory_agent.errors import BackendError
-from memory_agent.llms.base import Usage, truncate_at_stop
+from memory_agent.llms.base import Messages, Usage, truncate_at_stop
 
 __all__ = ["OpenAICompatibleLLM"]
 
@@ -81,14 +81,8 @@ class OpenAICompatibleLLM:
             return text, data.get("usage") or {}
         raise BackendError(f"{self.url} failed after {self.max_retries + 1} attempts ({last})")
 
-    def generate(
-        self,
-        batch: list[list[dict[str, str]]],
-        *,
-        max_new_tokens: int = 256,
-        temperature: float = 0.0,
-        stop: list[str] | None = None,
-    ) -> list[str]:
+    def generate(self, batch: list[Messages], *, max_new_tokens: int = 256, temperature: float = 0.0,
+                 stop: list[str] | None = None) -> list[str]:
         if not batch:
             return []
         body: dict[str, Any] = {"model": self.model, "max_tokens": max_new_tokens, "temperature": temperature}

@@ -11,7 +11,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 
 from memory_agent.errors import BackendError
-from memory_agent.llms.base import Usage, truncate_at_stop
+from memory_agent.llms.base import Messages, Usage, truncate_at_stop
 
 __all__ = ["ScriptedLLM", "ScriptExhausted"]
 
@@ -35,14 +35,8 @@ class ScriptedLLM:
         self.calls: list[dict] = []  # generate() kwargs per call, for batching assertions
         self.usage = Usage()
 
-    def generate(
-        self,
-        batch: list[list[dict[str, str]]],
-        *,
-        max_new_tokens: int = 256,
-        temperature: float = 0.0,
-        stop: list[str] | None = None,
-    ) -> list[str]:
+    def generate(self, batch: list[Messages], *, max_new_tokens: int = 256, temperature: float = 0.0,
+                 stop: list[str] | None = None) -> list[str]:
         self.calls.append({"n": len(batch), "max_new_tokens": max_new_tokens, "temperature": temperature, "stop": stop})
         self.usage.calls += 1
         out = []

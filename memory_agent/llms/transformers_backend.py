@@ -22,7 +22,7 @@ from typing import Any
 
 from memory_agent.defaults import DEFAULT_MODEL_NAMES
 from memory_agent.errors import BackendError, ModelNotFound
-from memory_agent.llms.base import Usage, truncate_at_stop
+from memory_agent.llms.base import Messages, Usage, truncate_at_stop
 
 __all__ = ["TransformersLLM", "pick_device", "set_cpu_threads"]
 
@@ -270,14 +270,8 @@ class TransformersLLM:
             return n
         return None
 
-    def generate(
-        self,
-        batch: list[list[dict[str, str]]],
-        *,
-        max_new_tokens: int = 256,
-        temperature: float = 0.0,
-        stop: list[str] | None = None,
-    ) -> list[str]:
+    def generate(self, batch: list[Messages], *, max_new_tokens: int = 256, temperature: float = 0.0,
+                 stop: list[str] | None = None) -> list[str]:
         if not batch:
             return []
         encoded = [self._encode_prompt(m) for m in batch]
