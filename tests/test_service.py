@@ -307,3 +307,17 @@ def test_a_second_service_on_one_folder_is_refused(served):
     with pytest.raises(StoreError, match="already running"):
         other.start()
     other.db.close()
+
+
+def test_each_request_is_logged_as_its_route_without_user_or_text(served, caplog):
+    import json as _json
+
+    with caplog.at_level("INFO", logger="memory_agent.service"):
+        add(served, "app", "zelda-private", "Zelda hides the key under the blue flowerpot")
+        httpx.post(served.url + "/v1/users/zelda-private/search", json={"query": "flowerpot"},
+                   headers=served.headers("app"))
+    lines = [_json.loads(r.getMessage()) for r in caplog.records if r.name == "memory_agent.service"
+             and r.getMessage().startswith("{")]
+    assert lines[-1]["route"] == "/v1/users/{user}/search" and lines[-1]["status"] == 200
+    text = caplog.text
+    assert "zelda-private" not in text and "flowerpot" not in text and served.key("app") not in text

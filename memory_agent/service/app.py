@@ -22,6 +22,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.routing import BaseRoute
 
 from memory_agent.errors import (
     AlreadyApplied, ConfigError, IdempotencyConflict, InvalidInput, JobNotFound, MemoryAgentError, MemoryNotFound,
@@ -86,8 +87,10 @@ class _Edge:
             await self.app(scope, limited, sending)
         except _TooLarge:
             await JSONResponse({"detail": f"request body over {self.limit:,} bytes"}, 413)(scope, receive, sending)
+        # the matched route's template (never the user in it); a mounted app's routes keep their prefix
         route = scope.get("route")
-        log.info(json.dumps({"method": scope.get("method"), "route": getattr(route, "path", scope.get("path")),
+        template = scope.get("root_path", "") + route.path if isinstance(route, BaseRoute) else scope.get("path")
+        log.info(json.dumps({"method": scope.get("method"), "route": template,
                              "status": status[0], "ms": round((time.perf_counter() - started) * 1000, 2)}))
 
 
