@@ -103,7 +103,7 @@ def _password(url: str) -> str | None:
     try:
         return conninfo_to_dict(url).get("password") or None
     except psycopg.Error:
-        m = re.search(r"://[^/@:]*:([^@/]*)@", url) or re.search(r"password\s*=\s*(\S+)", url)
+        m = re.search(r"://[^/@:]*:([^@/]*)@", url) or re.search(r"password\s*=\s*([^&\s]+)", url)
         return m.group(1) if m else None
 
 
@@ -112,7 +112,7 @@ def redact(url: str) -> str:
     try:
         d = conninfo_to_dict(url)
     except psycopg.Error:
-        return re.sub(r"(://[^/@:]*):[^@/]*@", r"\1:***@", re.sub(r"password\s*=\s*\S+", "password=***", url))
+        return re.sub(r"(://[^/@:]*):[^@/]*@", r"\1:***@", re.sub(r"password\s*=\s*[^&\s]+", "password=***", url))
     host = d.get("host") or os.environ.get("PGHOST") or "localhost"
     user = d.get("user") or os.environ.get("PGUSER") or ""
     port = d.get("port") or os.environ.get("PGPORT") or ""
@@ -145,7 +145,10 @@ def connect(url: str) -> psycopg.Connection:
     try:
         kwargs = connect_kwargs(url)
     except psycopg.Error as exc:
-        raise StoreError(f"invalid PostgreSQL URL {where}: {scrub(str(exc), url)}") from None
+        # the parser's message may quote any part of the URL, the password included (in any
+        # encoding): only its kind is shown
+        raise StoreError(f"invalid PostgreSQL URL {where} ({type(exc).__name__}); check its syntax and "
+                         "percent-encoding") from None
     try:
         return psycopg.connect(url, **kwargs)
     except psycopg.Error as exc:

@@ -214,6 +214,10 @@ class PostgresStore(WriteMethods):
             if mid not in before:
                 raise MemoryNotFound(mid, user_id)
         n_add = sum(1 for p in plan if isinstance(p, PlanAdd))
+        if n_add:
+            # what INSERT takes anyway, but before the ids are drawn: an import (SHARE ROW EXCLUSIVE)
+            # then waits for this batch, or this batch for the import, never an id handed out twice
+            cur.execute("LOCK TABLE memories IN ROW EXCLUSIVE MODE")
         new_ids = iter([r[0] for r in cur.execute(
             "SELECT nextval('memory_ids') AS id FROM generate_series(1, %s) ORDER BY id", [n_add])] if n_add else [])
         current = {mid: r[2] for mid, r in before.items()}

@@ -340,3 +340,12 @@ def test_missing_isolation_falls_back_loudly_and_says_so(monkeypatch, caplog):
 def test_unknown_isolation_mode_is_a_config_error():
     with pytest.raises(ConfigError, match="isolation"):
         SandboxConfig(isolation="docker")
+
+
+@needs_bwrap
+def test_only_the_work_folder_is_writable(isolated):
+    for path in ("/x", "/dev/x", "/dev/shm/x", "/usr/x", "/rlm/worker.py"):
+        assert _attempt(isolated, f"open({path!r}, 'w')") in ("OSError", "PermissionError", "FileNotFoundError"), path
+    assert isolated.protections["readonly_root"] is True
+    assert _attempt(isolated, "open('mine.txt', 'w').write('ok')") == "OK:2"
+    assert _attempt(isolated, "len(open('/dev/urandom', 'rb').read(4))") == "OK:4"

@@ -321,3 +321,94 @@ def test_each_request_is_logged_as_its_route_without_user_or_text(served, caplog
     assert lines[-1]["route"] == "/v1/users/{user}/search" and lines[-1]["status"] == 200
     text = caplog.text
     assert "zelda-private" not in text and "flowerpot" not in text and served.key("app") not in text
+
+
+# ------------------------------------------------------------------ review findings (kept as regressions)
+
+
+def test_a_job_that_skips_a_fact_finishes_and_the_worker_goes_on(served):
+    h = served.headers("app")
+    # "one" is a single word: the extractor's fact check refuses it (a skipped turn, with why)
+    r = httpx.post(served.url + "/v1/users/alice/turns", params={"wait": "true"}, headers=h,
+                   json={"turns": [{"speaker": "Alice", "text": "one", "dia_id": "D1:1"}]})
+    job = r.json()
+    assert job["status"] == "done" and job["skipped"][0]["dia_id"] == "D1:1" and job["skipped"][0]["reason"]
+    assert httpx.get(served.url + "/readyz").json()["worker"] is True
+    add(served, "app", "alice", "Alice grows tomatoes on her balcony")  # the queue still runs
+
+
+def test_a_failed_job_runs_again_when_its_request_is_retried_and_applies_each_turn_once(tmp_path):
+    from memory_agent.errors import BackendError
+    from memory_agent.service import Service
+    from memory_agent.service.models import TurnsIn
+
+    class Flaky(EchoLLM):
+        fail_at = 3  # the third generate call: after the first manager wave committed
+
+        def generate(self, batch, **kw):
+            if self.usage.calls + 1 == self.fail_at:
+                self.usage.calls += 1
+                raise BackendError("model server down")
+            return super().generate(batch, **kw)
+
+    memory = Memory.open(tmp_path / "m", llm=Flaky(), embedder=HashingEmbedder(dim=64), policy=None, wave_size=1)
+    memory.add([{"speaker": "A", "text": "Alice has a garden in Lyon"}], "alice")  # so the manager is asked
+    service = Service(memory).start()
+    try:
+        body = TurnsIn.model_validate({"idempotency_key": "k1", "turns": [
+            {"speaker": "A", "text": "Alice plays the cello on Sundays"},
+            {"speaker": "A", "text": "Alice bought a red bicycle yesterday"}]})
+        first, _ = service.add_turns(None, "alice", body, wait=True)
+        assert first.status == "failed" and "model server down" in first.error
+        again, created = service.add_turns(None, "alice", body, wait=True)
+        assert not created and again.job_id == first.job_id and again.status == "done"
+        texts = [r.text for r in memory.list("alice")]
+        assert texts.count("Alice plays the cello on Sundays") == 1
+        assert any("bicycle" in t for t in texts) and len(texts) == 3
+    finally:
+        service.close()
+        memory.close()
+
+
+def test_too_many_waiters_get_their_queued_job_at_once(served):
+    from memory_agent.service.core import MAX_WAITERS
+
+    held = [served.service._waiters.acquire(blocking=False) for _ in range(MAX_WAITERS)]
+    try:
+        assert all(held)
+        r = httpx.post(served.url + "/v1/users/u/turns", params={"wait": "true"},
+                       json=turns("Alice likes green tea"), headers=served.headers("app"))
+        assert r.status_code == 202 and r.json()["status"] in ("queued", "running", "done")
+    finally:
+        for _ in held:
+            served.service._waiters.release()
+
+
+def test_a_chunked_body_over_the_limit_is_413(served):
+    def chunks():
+        yield b'{"turns": [{"speaker": "A", "text": "'
+        for _ in range(5):
+            yield b"x" * (1024 * 1024)
+        yield b'"}]}'
+
+    r = httpx.post(served.url + "/v1/users/u/turns", content=chunks(),
+                   headers={**served.headers("app"), "content-type": "application/json"})
+    assert r.status_code == 413
+
+
+def test_unmatched_paths_are_logged_without_the_user(served, caplog):
+    with caplog.at_level("INFO", logger="memory_agent.service"):
+        httpx.get(served.url + "/v1/users/secret%2Fcarol/memories", headers=served.headers("app"))
+        httpx.get(served.url + "/v1/nothing-here/secret-dave", headers=served.headers("app"))
+    assert "carol" not in caplog.text and "secret-dave" not in caplog.text and "<unmatched>" in caplog.text
+
+
+@pytest.mark.parametrize("method,path,headers,body", [
+    ("GET", "/v1/users/alice/memories/99999999999999999999", {}, None),
+    ("POST", "/v1/users/alice/turns", {"Idempotency-Key": ""}, {"turns": [{"speaker": "A", "text": "hi there"}]}),
+    ("GET", "/v1/users/a%2Fb/memories/1", {}, None),
+])
+def test_out_of_range_ids_empty_keys_and_slashes_are_422_or_404(served, method, path, headers, body):
+    r = httpx.request(method, served.url + path, headers={**served.headers("app"), **headers}, json=body)
+    assert r.status_code in (404, 422), r.text
+    assert r.status_code != 500

@@ -83,6 +83,9 @@ def bwrap_command(binary: str, python: str, workdir: str, codedir: str, work_mb:
         "--size", str(int(work_mb) * 1024 * 1024), "--perms", "0700", "--tmpfs", workdir,
         "--remount-ro", "/tmp",  # the tmpfs itself, not the work folder mounted on it
         "--ro-bind", codedir, CODE_MOUNT,
+        # bubblewrap's own root and /dev are writable tmpfs of the sandbox user, unbounded and
+        # outside RLIMIT_AS: read-only, so the work folder is the only place to write
+        "--remount-ro", "/dev", "--remount-ro", "/",
         "--chdir", workdir,
         python, "-I", "-S", "-B", os.path.join(CODE_MOUNT, "worker.py"),
     ]

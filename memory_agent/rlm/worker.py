@@ -68,7 +68,7 @@ _SECCOMP_DENY = (
     "userfaultfd", "io_uring_setup", "io_uring_enter", "io_uring_register", "kexec_load",
     "kexec_file_load", "init_module", "finit_module", "delete_module", "open_by_handle_at",
     "name_to_handle_at", "personality", "acct", "swapon", "swapoff", "reboot", "execve",
-    "execveat", "socket", "socketpair",
+    "execveat", "socket", "socketpair", "pidfd_open", "pidfd_getfd", "process_madvise",
 )
 _WORLD_WRITABLE = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock", "/dev/mqueue")
 _STDOUT_CAP = 200_000
@@ -138,8 +138,9 @@ def _outer_isolation(prot):
     prot["network_namespace"] = names in ([], ["lo"])
     if not prot["network_namespace"]:
         prot["errors"]["network_namespace"] = "interfaces visible: %s" % names
-    # the host's shared tmp folders are not visible at all; ours is a read-only tmpfs
+    # the host's shared tmp folders are not visible at all; /tmp, /dev and the root are read-only
     prot["readonly_shared_tmp"] = not os.access("/tmp", os.W_OK) and not os.path.exists("/var/tmp")
+    prot["readonly_root"] = not any(os.access(d, os.W_OK) for d in ("/", "/dev", "/dev/shm") if os.path.isdir(d))
     prot["visible_root"] = sorted(os.listdir("/"))
 
 

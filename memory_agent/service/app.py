@@ -20,12 +20,14 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Response
+from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.routing import BaseRoute
 
 from memory_agent.errors import (
     AlreadyApplied, ConfigError, IdempotencyConflict, InvalidInput, JobNotFound, MemoryAgentError, MemoryNotFound,
+    ModelNotFound,
     Unauthorized,
 )
 from memory_agent.service.core import Service
@@ -41,7 +43,7 @@ _bearer = HTTPBearer(auto_error=False)
 
 _STATUS: list[tuple[type[Exception], int]] = [
     (Unauthorized, 401), (MemoryNotFound, 404), (JobNotFound, 404), (IdempotencyConflict, 409),
-    (AlreadyApplied, 409), (InvalidInput, 422), (ConfigError, 422),
+    (AlreadyApplied, 409), (InvalidInput, 422), (ModelNotFound, 503), (ConfigError, 422),
 ]
 
 
@@ -70,32 +72,46 @@ class _Edge:
                 status[0] = message["status"]
             await send(message)
 
-        try:
-            declared = dict(scope.get("headers") or []).get(b"content-length")
-            if declared is not None and declared.isdigit() and int(declared) > self.limit:
-                raise _TooLarge()
-            seen = 0
-
-            async def limited() -> dict:
-                nonlocal seen
-                message = await receive()
-                seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    raise _TooLarge()
-                return message
-
-            await self.app(scope, limited, sending)
-        except _TooLarge:
+        replay = await self._read_body(scope, receive)
+        if replay is None:
             await JSONResponse({"detail": f"request body over {self.limit:,} bytes"}, 413)(scope, receive, sending)
-        # the matched route's template (never the user in it); a mounted app's routes keep their prefix
+            self._log(scope, 413, started)
+            return
+
+        async def receiving() -> dict:
+            return replay.pop(0) if replay else await receive()
+
+        await self.app(scope, receiving, sending)
+        self._log(scope, status[0], started)
+
+    async def _read_body(self, scope: dict, receive: Any) -> list[dict] | None:
+        """The request's messages, read whole (at most ``limit`` bytes) before the app sees them; None if over.
+
+        Read here, not counted while the app reads: an exception raised inside
+        FastAPI's body parsing would come out as a 400, not a 413."""
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            return None
+        messages, size = [], 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":
+                return messages
+            size += len(message.get("body", b""))
+            if size > self.limit:
+                return None
+            if not message.get("more_body"):
+                return messages
+
+    @staticmethod
+    def _log(scope: dict, status: int, started: float) -> None:
+        # the matched route's template, never the path (it names the user); a mounted app's routes keep
+        # their prefix
         route = scope.get("route")
-        template = scope.get("root_path", "") + route.path if isinstance(route, BaseRoute) else scope.get("path")
-        log.info(json.dumps({"method": scope.get("method"), "route": template,
-                             "status": status[0], "ms": round((time.perf_counter() - started) * 1000, 2)}))
-
-
-class _TooLarge(Exception):
-    pass
+        template = scope.get("root_path", "") + route.path if isinstance(route, BaseRoute) else "<unmatched>"
+        log.info(json.dumps({"method": scope.get("method"), "route": template, "status": status,
+                             "ms": round((time.perf_counter() - started) * 1000, 2)}))
 
 
 async def _tenant(request: Request, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> str:
@@ -104,6 +120,7 @@ async def _tenant(request: Request, creds: Annotated[HTTPAuthorizationCredential
 
 
 Tenant = Annotated[str, Depends(_tenant)]
+MemoryId = Annotated[int, PathParam(ge=0, le=2**63 - 1)]  # SQLite's and PostgreSQL's integer
 
 
 async def _service(request: Request) -> Service:
@@ -116,7 +133,7 @@ v1 = APIRouter(prefix="/v1")
 
 @v1.post("/users/{user}/turns", status_code=202, response_model=JobAccepted | JobOut)
 def add_turns(user: str, body: TurnsIn, t: Tenant, service: Svc, response: Response, wait: bool = False,
-              idempotency_key: Annotated[str | None, Header(max_length=200)] = None) -> Any:
+              idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None) -> Any:
     """Queue turns for ingestion (202 + job id); ``wait=true`` answers with the finished job."""
     if idempotency_key is not None:
         if body.idempotency_key not in (None, idempotency_key):
@@ -155,22 +172,22 @@ def memories(user: str, t: Tenant, service: Svc) -> list[MemoryOut]:
 
 
 @v1.get("/users/{user}/memories/{memory_id}", response_model=MemoryOut)
-def get_memory(user: str, memory_id: int, t: Tenant, service: Svc) -> MemoryOut:
+def get_memory(user: str, memory_id: MemoryId, t: Tenant, service: Svc) -> MemoryOut:
     return service.get(t, user, memory_id)
 
 
 @v1.patch("/users/{user}/memories/{memory_id}", response_model=MemoryOut)
-def update_memory(user: str, memory_id: int, body: UpdateIn, t: Tenant, service: Svc) -> MemoryOut:
+def update_memory(user: str, memory_id: MemoryId, body: UpdateIn, t: Tenant, service: Svc) -> MemoryOut:
     return service.update(t, user, memory_id, body.text)
 
 
 @v1.delete("/users/{user}/memories/{memory_id}", response_model=MemoryOut)
-def delete_memory(user: str, memory_id: int, t: Tenant, service: Svc) -> MemoryOut:
+def delete_memory(user: str, memory_id: MemoryId, t: Tenant, service: Svc) -> MemoryOut:
     return service.delete(t, user, memory_id)
 
 
 @v1.get("/users/{user}/memories/{memory_id}/history", response_model=list[HistoryOut])
-def history(user: str, memory_id: int, t: Tenant, service: Svc) -> list[HistoryOut]:
+def history(user: str, memory_id: MemoryId, t: Tenant, service: Svc) -> list[HistoryOut]:
     return service.history(t, user, memory_id)
 
 

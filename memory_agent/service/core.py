@@ -37,7 +37,7 @@ from memory_agent.service.models import (
     StatsOut, TurnsIn, UserOut,
 )
 
-__all__ = ["Service", "check_user_name"]
+__all__ = ["Service", "check_user_name", "MAX_WAITERS"]
 
 
 @contextmanager
@@ -52,12 +52,14 @@ def _as_seen_by(user: str) -> Iterator[None]:
 # anything else is a bug and stops the worker (see JobWorker).
 _JOB_FAILURES = (MemoryAgentError, OSError, TimeoutError)
 _WAIT_TIMEOUT_S = 120.0
+#: Requests that may wait (``wait=true``) for their job at once; the server's thread pool has 40.
+MAX_WAITERS = 8
 
 
 def check_user_name(user: Any) -> str:
-    """A user name as a request gives it: 1-200 printable characters."""
-    if not isinstance(user, str) or not 1 <= len(user) <= 200 or not user.isprintable():
-        raise InvalidInput("user must be 1-200 printable characters")
+    """A user name as a request gives it: 1-200 printable characters, no ``/`` (a URL path segment)."""
+    if not isinstance(user, str) or not 1 <= len(user) <= 200 or not user.isprintable() or "/" in user:
+        raise InvalidInput("user must be 1-200 printable characters without '/'")
     return user
 
 
@@ -77,6 +79,7 @@ class Service:
         self.model_lock = threading.Lock()
         self.wait_timeout = wait_timeout
         self.worker = JobWorker(self.jobs, self._run_job, _JOB_FAILURES)
+        self._waiters = threading.BoundedSemaphore(MAX_WAITERS)
 
     def start(self) -> "Service":
         """Start the job worker; one per store (a second service would run the same jobs)."""
@@ -118,19 +121,26 @@ class Service:
                                f"this one has {body.n_turns()}: poll the job instead")
         payload = {"sessions": [s.model_dump(exclude_none=True) for s in sessions]}
         job, created = self.jobs.enqueue(tenant or "", user, payload, body.n_turns(), body.idempotency_key)
-        if wait:
-            job = self.jobs.wait(tenant or "", job.job_id, self.wait_timeout) or job
+        # A waiting request holds a thread of the server's shared pool: only a few may wait at
+        # once, the others get their queued job at once (202) instead of starving every route.
+        if wait and self._waiters.acquire(blocking=False):
+            try:
+                job = self.jobs.wait(tenant or "", job.job_id, self.wait_timeout) or job
+            finally:
+                self._waiters.release()
         return self._job_out(job), created
 
     def _run_job(self, job: Job) -> dict:
         sessions = [(s["turns"], s.get("timestamp")) for s in job.payload["sessions"]]
+        store_user = self.store_user(job.tenant or None, job.user)
         with self.model_lock:
-            res = self.memory.add_sessions(sessions, self.store_user(job.tenant or None, job.user),
-                                           receipt=job.job_id)
+            res = self.memory.add_sessions(sessions, store_user, receipt=job.job_id)
         return {
             "applied": [ChangeOut(op=a.op, id=a.id, old_text=a.old_text, new_text=a.new_text,
                                   source=a.source).model_dump() for a in res.applied],
-            "skipped": [SkippedOut(stage=s.stage, dia_id=s.dia_id, reason=s.reason).model_dump()
+            # reasons may quote the store's user id: name the user as the request did
+            "skipped": [SkippedOut(stage=s.stage, dia_id=s.source,
+                                   reason=s.reason.replace(store_user, job.user)).model_dump()
                         for s in res.skipped],
             "counts": {**res.counts(), "already_applied": res.already_applied},
         }

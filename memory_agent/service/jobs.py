@@ -52,8 +52,10 @@ class JobQueue:
             self.changed.notify_all()
 
     def enqueue(self, tenant: str, user: str, payload: dict, turns: int, idem: str | None) -> tuple[Job, bool]:
-        """Write the job (committed before this returns); ``(job, False)`` when ``idem`` named one already."""
+        """Write the job (committed before this returns); ``(job, False)`` when ``idem`` named one already
+        (a failed one is queued again)."""
         body = json.dumps(payload, sort_keys=True, ensure_ascii=False)
+        found: Job | None = None
         with self.db.txn() as conn:
             if idem is not None:
                 row = conn.execute(f"SELECT {_COLS} FROM jobs WHERE tenant = ? AND idem = ?", [tenant, idem]).fetchone()
@@ -61,15 +63,25 @@ class JobQueue:
                     job = Job(row)
                     if job.user != user or json.dumps(job.payload, sort_keys=True, ensure_ascii=False) != body:
                         raise IdempotencyConflict(f"idempotency key {idem!r} was used for a different request")
-                    return job, False
-            now = _now()
-            job_id = "job_" + secrets.token_hex(8)
-            conn.execute("INSERT INTO jobs (job_id, tenant, user_name, idem, payload, turns, status, created_at,"
-                         " updated_at) VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?)",
-                         [job_id, tenant, user, idem, body, turns, now, now])
-            row = conn.execute(f"SELECT {_COLS} FROM jobs WHERE job_id = ?", [job_id]).fetchone()
+                    if job.status == "failed":
+                        # a retry of a failed request runs the same job again: its receipts skip
+                        # the turns that committed before the failure, so none is applied twice
+                        conn.execute("UPDATE jobs SET status = 'queued', error = NULL, updated_at = ?"
+                                     " WHERE job_id = ?", [_now(), job.job_id])
+                        job = Job(conn.execute(f"SELECT {_COLS} FROM jobs WHERE job_id = ?", [job.job_id]).fetchone())
+                    found = job
+            if found is None:
+                now = _now()
+                job_id = "job_" + secrets.token_hex(8)
+                conn.execute("INSERT INTO jobs (job_id, tenant, user_name, idem, payload, turns, status, created_at,"
+                             " updated_at) VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?)",
+                             [job_id, tenant, user, idem, body, turns, now, now])
+                found = Job(conn.execute(f"SELECT {_COLS} FROM jobs WHERE job_id = ?", [job_id]).fetchone())
+                created = True
+            else:
+                created = False
         self._notify()
-        return Job(row), True
+        return found, created
 
     def get(self, tenant: str, job_id: str) -> Job | None:
         rows = self.db.read(f"SELECT {_COLS} FROM jobs WHERE job_id = ? AND tenant = ?", [job_id, tenant])
@@ -133,9 +145,12 @@ class JobWorker(threading.Thread):
     """Runs open jobs one at a time, oldest first, with ``run(job) -> result``.
 
     ``run`` raises ``failures`` (typed, expected errors: bad input, a model
-    backend down) to fail the job with the message; anything else is a bug:
-    the job stays 'running' (resumed at the next start) and the worker stops,
-    which ``/readyz`` reports.
+    backend down) to fail the job with the message; any other exception is a
+    bug: the job fails with "internal error" (the traceback goes to the log) and
+    the worker goes on with the next job. Only a ``BaseException`` that is not
+    an ``Exception`` (an interpreter shutdown) stops the worker, which
+    ``/readyz`` reports. A failed job runs again when its request is retried with
+    the same idempotency key.
     """
 
     def __init__(self, queue: JobQueue, run: Callable[[Job], dict], failures: tuple[type[BaseException], ...]):
@@ -172,6 +187,9 @@ class JobWorker(threading.Thread):
         except self.failures as exc:
             log.warning("job %s failed: %s", job.job_id, type(exc).__name__)
             self.queue.fail(job, f"{type(exc).__name__}: {exc}")
+        except Exception as exc:  # the job boundary: a bug in one job fails it, loudly, not the whole queue
+            log.exception("job %s failed with an internal error", job.job_id)
+            self.queue.fail(job, f"internal error ({type(exc).__name__}); see the server log")
         else:
             self.queue.finish(job, result)
         finally:
