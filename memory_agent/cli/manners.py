@@ -65,7 +65,7 @@ def command_words(group: click.Group, argv: Sequence[str]) -> list[str]:
         words.append(token)
         try:
             command = command.get_command(ctx, token)
-        except Exception:  # the command's own module cannot be imported: its name is enough
+        except ImportError:  # the command's own module cannot be imported: its name is enough
             break
     return words
 
