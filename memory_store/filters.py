@@ -309,8 +309,7 @@ def _eq_json(value: Any) -> tuple[str, list[Any]]:
         return "j.type = 'text' AND j.value = ?", [value]
     if isinstance(value, (int, float)):
         return "j.type IN ('integer', 'real') AND j.value = ?", [value]
-    return "j.type IN ('object', 'array') AND j.value = json(?)", [
-        json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True)]
+    return "j.type IN ('object', 'array') AND j.value = json(?)", [_canonical_json(value)]
 
 
 def _meta(key: str, cond: str, params: list[Any]) -> tuple[str, list[Any]]:

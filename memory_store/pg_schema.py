@@ -40,12 +40,10 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from memory_store.errors import SchemaTooNew, StoreError
-from memory_store.opening import POSTGRES_PREFIXES
 
-__all__ = ["SCHEMA_VERSION", "MIGRATIONS", "URL_PREFIXES", "redact", "scrub", "connect_kwargs", "connect",
+__all__ = ["SCHEMA_VERSION", "MIGRATIONS", "redact", "scrub", "connect_kwargs", "connect",
            "migrate", "get_meta", "set_meta"]
 
-URL_PREFIXES = POSTGRES_PREFIXES
 CONNECT_TIMEOUT_S = 10
 _LOCK_KEY = 0x6D656D6F7279  # pg_advisory_xact_lock key of this schema's migrations ("memory")
 TSV_CHARS = 100_000

@@ -52,6 +52,7 @@ except ImportError as exc:  # pragma: no cover - the message is the point
         from exc
 
 from memory_store import pg_schema
+from memory_store.opening import POSTGRES_PREFIXES, is_postgres_url
 from memory_store.embedders import Embedder
 from memory_store.errors import AlreadyApplied, EmbeddingDimensionMismatch, InvalidInput, MemoryNotFound, StoreError
 from memory_store.filters import InvalidFilter, parse_filter, to_pg_sql
@@ -80,8 +81,8 @@ class PostgresStore(WriteMethods):
 
     def __init__(self, url: str, embedder: Embedder | None = None, index: str | None = None, *,
                  dim: int | None = None, pool_size: int = 4, ef_search: int = HNSW_EF_SEARCH) -> None:
-        if not isinstance(url, str) or not url.startswith(pg_schema.URL_PREFIXES):
-            raise InvalidInput(f"a PostgreSQL store URL starts with {' or '.join(pg_schema.URL_PREFIXES)}")
+        if not is_postgres_url(url):
+            raise InvalidInput(f"a PostgreSQL store URL starts with {' or '.join(POSTGRES_PREFIXES)}")
         if index is not None and index not in INDEX_KINDS:
             raise InvalidInput(f"index must be one of {INDEX_KINDS}, got {index!r}")
         if embedder is not None and dim is not None and int(embedder.dim) != dim:

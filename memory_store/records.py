@@ -64,13 +64,12 @@ class HistoryEntry(BaseModel):
     at: str
 
 
-_OP = ConfigDict(frozen=True, extra="forbid")
 
 
 class Add(BaseModel):
     """Add a new memory for the batch's user."""
 
-    model_config = _OP
+    model_config = _FROZEN
     op: Literal["ADD"] = "ADD"
     text: StrictStr  # strict: bytes are refused here as in add(), not decoded
     metadata: dict[str, Any] = Field(default_factory=dict)
@@ -79,7 +78,7 @@ class Add(BaseModel):
 class Update(BaseModel):
     """Replace the text of an existing memory (database id)."""
 
-    model_config = _OP
+    model_config = _FROZEN
     op: Literal["UPDATE"] = "UPDATE"
     id: int
     text: StrictStr
@@ -88,7 +87,7 @@ class Update(BaseModel):
 class Delete(BaseModel):
     """Delete an existing memory (database id)."""
 
-    model_config = _OP
+    model_config = _FROZEN
     op: Literal["DELETE"] = "DELETE"
     id: int
 
@@ -96,7 +95,7 @@ class Delete(BaseModel):
 class Noop(BaseModel):
     """Do nothing (kept so a model's decision is recorded in the batch)."""
 
-    model_config = _OP
+    model_config = _FROZEN
     op: Literal["NOOP"] = "NOOP"
 
 

@@ -236,8 +236,7 @@ def create_app(service: Service, *, mcp_app: Any = None, page: bool = False) -> 
     @app.get("/readyz")
     def readyz() -> JSONResponse:
         state = service.ready()
-        return JSONResponse({"ready": all(v for k, v in state.items() if k != "open_jobs"), **state},
-                            200 if state["worker"] else 503)
+        return JSONResponse({"ready": state["worker"], **state}, 200 if state["worker"] else 503)
 
     app.include_router(v1)
     if page:

@@ -158,7 +158,6 @@ class JobWorker(threading.Thread):
         self.queue, self.run_job, self.failures = queue, run, failures
         self._stop_event = threading.Event()
         self.crashed: BaseException | None = None
-        self.current: str | None = None
 
     def stop(self, timeout: float = 30.0) -> None:
         self._stop_event.set()
@@ -180,7 +179,6 @@ class JobWorker(threading.Thread):
             log.exception("the ingestion worker stopped")
 
     def _one(self, job: Any) -> None:
-        self.current = job.job_id
         self.queue.start(job)
         try:
             result = self.run_job(job)
@@ -192,5 +190,3 @@ class JobWorker(threading.Thread):
             self.queue.fail(job, f"internal error ({type(exc).__name__}); see the server log")
         else:
             self.queue.finish(job, result)
-        finally:
-            self.current = None
